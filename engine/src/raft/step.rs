@@ -1,0 +1,143 @@
+//! Message dispatch: the term rules every message passes first (§5.1), then
+//! the handler for the receiver's role.
+
+use crate::raft::core::{RaftCore, Role};
+use crate::raft::message::{AppendResponse, Message, MessageBody};
+use thiserror::Error;
+
+/// A message that cannot be for this core.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("message for group {group} node {to} delivered to group {my_group} node {me}")]
+pub struct MisdirectedMessage {
+    /// The message's group.
+    pub group: u64,
+    /// The message's recipient.
+    pub to: u64,
+    /// This core's group.
+    pub my_group: u64,
+    /// This core's node.
+    pub me: u64,
+}
+
+impl RaftCore {
+    /// Feeds a message from a peer.
+    pub fn step(&mut self, msg: Message) -> Result<(), MisdirectedMessage> {
+        if msg.group != self.cfg.group || msg.to != self.cfg.id || msg.from == self.cfg.id {
+            return Err(MisdirectedMessage {
+                group: msg.group,
+                to: msg.to,
+                my_group: self.cfg.group,
+                me: self.cfg.id,
+            });
+        }
+        self.step_local(msg);
+        Ok(())
+    }
+
+    pub(crate) fn step_local(&mut self, msg: Message) {
+        if msg.term > self.term {
+            match &msg.body {
+                MessageBody::PreVote { .. } | MessageBody::RequestVote { transfer: false, .. }
+                    if self.in_leader_lease() =>
+                {
+                    // We heard from a live leader within the election timeout: a
+                    // rejoining node must not disrupt it (§9.6 of the Raft thesis).
+                    return;
+                }
+                MessageBody::PreVote { .. } => {}
+                MessageBody::PreVoteResponse { granted: true } => {}
+                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
+                    self.become_follower(msg.term, msg.from);
+                }
+                _ => self.become_follower(msg.term, 0),
+            }
+        } else if msg.term < self.term {
+            match msg.body {
+                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
+                    // A deposed leader: tell it our term so it steps down, which
+                    // PreVote/CheckQuorum would otherwise keep it from learning.
+                    self.send(
+                        msg.from,
+                        MessageBody::AppendResponse(AppendResponse::Success { match_index: 0 }),
+                    );
+                }
+                MessageBody::PreVote { .. } => {
+                    self.send(msg.from, MessageBody::PreVoteResponse { granted: false });
+                }
+                _ => {}
+            }
+            return;
+        }
+
+        match msg.body {
+            MessageBody::PreVote { last_index, last_term } => {
+                let granted = msg.term > self.term && self.log.is_up_to_date(last_index, last_term);
+                let mut reply = self.message(msg.from, MessageBody::PreVoteResponse { granted });
+                if granted {
+                    reply.term = msg.term;
+                }
+                self.outbox.push(reply);
+            }
+            MessageBody::RequestVote { last_index, last_term, .. } => {
+                let can_vote = self.vote == msg.from || (self.vote == 0 && self.leader == 0);
+                let granted = can_vote && self.log.is_up_to_date(last_index, last_term);
+                if granted {
+                    self.set_hard_state(self.term, msg.from);
+                    self.election_elapsed = 0;
+                }
+                let reply = self.message(msg.from, MessageBody::RequestVoteResponse { granted });
+                self.respond(reply);
+            }
+            MessageBody::PreVoteResponse { granted } => {
+                if self.role == Role::PreCandidate {
+                    self.poll(msg.from, granted);
+                }
+            }
+            MessageBody::RequestVoteResponse { granted } => {
+                if self.role == Role::Candidate {
+                    self.poll(msg.from, granted);
+                }
+            }
+            MessageBody::Append { prev_index, prev_term, entries, commit } => {
+                self.follow(msg.from);
+                self.handle_append(msg.from, prev_index, prev_term, entries, commit);
+            }
+            MessageBody::Heartbeat { commit, round } => {
+                self.follow(msg.from);
+                self.handle_heartbeat(msg.from, commit, round);
+            }
+            MessageBody::InstallSnapshot { meta, offset, data, done } => {
+                self.follow(msg.from);
+                self.handle_snapshot_chunk(msg.from, meta, offset, data, done);
+            }
+            MessageBody::AppendResponse(resp) => {
+                if self.role == Role::Leader {
+                    self.handle_append_response(msg.from, resp);
+                }
+            }
+            MessageBody::HeartbeatResponse { round } => {
+                if self.role == Role::Leader {
+                    self.handle_heartbeat_response(msg.from, round);
+                }
+            }
+            MessageBody::InstallSnapshotResponse { snapshot_index, next_offset, done } => {
+                if self.role == Role::Leader {
+                    self.handle_snapshot_response(msg.from, snapshot_index, next_offset, done);
+                }
+            }
+            MessageBody::TimeoutNow => {
+                if self.role != Role::Leader && self.membership().is_voter(self.cfg.id) {
+                    self.campaign(true);
+                }
+            }
+        }
+    }
+
+    /// A message from the leader of our term: make sure we follow it.
+    fn follow(&mut self, leader: u64) {
+        if self.role != Role::Follower || self.leader != leader {
+            self.become_follower(self.term, leader);
+        }
+        self.election_elapsed = 0;
+    }
+}

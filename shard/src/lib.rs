@@ -1,0 +1,4 @@
+//! Shard map, controller state machine, migration and routing (not yet implemented).
+//!
+//! This crate is a placeholder in the flotilla workspace: its capability arrives with a
+//! later issue and it exports nothing yet.

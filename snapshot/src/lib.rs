@@ -1,0 +1,4 @@
+//! Snapshot build, chunk streaming, staging and atomic install (not yet implemented).
+//!
+//! This crate is a placeholder in the flotilla workspace: its capability arrives with a
+//! later issue and it exports nothing yet.
