@@ -202,6 +202,16 @@ impl RaftCore {
         self.log.last_index()
     }
 
+    /// The term of the entry at `index`, if the log (or its snapshot point) has it.
+    pub fn term_at(&self, index: Index) -> Option<Term> {
+        self.log.term(index)
+    }
+
+    /// The entry at `index`, if it is held in memory.
+    pub fn entry_at(&self, index: Index) -> Option<&Entry> {
+        self.log.entry(index)
+    }
+
     /// The membership in force (the latest appended configuration).
     pub fn membership(&self) -> &Membership {
         self.log.membership().1
