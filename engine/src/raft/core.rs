@@ -277,7 +277,7 @@ impl RaftCore {
             || !self.read_states.is_empty()
             || !self.snapshot_reads.is_empty()
             || self.reads.round_wanted
-            || self.applied < self.apply_limit()
+            || (self.applied < self.apply_limit() && self.log.entry(self.applied + 1).is_some())
     }
 
     /// Hands out what the runtime must do now.

@@ -241,6 +241,10 @@ impl Cluster {
                 return;
             }
             let ready = core.take_ready();
+            if ready.is_empty() {
+                self.checker.violation(format!("node {id}: has_ready() was true but the Ready is empty"));
+                return;
+            }
             if let Some(request) = ready.persist {
                 if let Some(first) = request.entries.first() {
                     let prev_term = core.term_at(first.index - 1);
