@@ -39,6 +39,10 @@ struct PendingRead {
 }
 
 impl LeaderReads {
+    pub(crate) fn current_round(&self) -> u64 {
+        self.round
+    }
+
     pub(crate) fn start_round(&mut self, tick: u64) -> u64 {
         self.round += 1;
         self.round_wanted = false;

@@ -61,6 +61,17 @@ impl RaftCore {
     /// Sends `to` whatever it lacks, as far as flow control allows. Returns
     /// whether a message went out.
     pub(crate) fn send_append(&mut self, to: NodeId) -> bool {
+        self.send_append_inner(to, false)
+    }
+
+    /// Like `send_append`, but in replicate state with everything already sent
+    /// optimistically, sends an empty append at `next - 1`: if earlier appends
+    /// were lost, the follower rejects it and the leader falls back to probing.
+    fn send_append_or_empty(&mut self, to: NodeId) -> bool {
+        self.send_append_inner(to, true)
+    }
+
+    fn send_append_inner(&mut self, to: NodeId, allow_empty: bool) -> bool {
         let (max_msgs, max_bytes) = (self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes);
         let Some(pr) = self.progress.get(&to) else { return false };
         if pr.is_paused(max_msgs, max_bytes) {
@@ -74,7 +85,7 @@ impl RaftCore {
         };
         let entries = self.log.slice(next, self.log.last_index(), self.cfg.max_append_bytes);
         let is_probe = pr.state == ReplicationState::Probe;
-        if !is_probe && entries.is_empty() {
+        if !is_probe && entries.is_empty() && !allow_empty {
             return false;
         }
         let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
@@ -83,7 +94,7 @@ impl RaftCore {
         if let Some(pr) = self.progress.get_mut(&to) {
             if is_probe {
                 pr.probe_sent = true;
-            } else {
+            } else if !entries.is_empty() {
                 pr.next_index = last + 1;
                 pr.inflight.add(last, bytes);
             }
@@ -215,6 +226,8 @@ impl RaftCore {
 
     pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId, round: u64) {
         let last_index = self.log.last_index();
+        // A round we never sent (a confused or malicious peer) must not confirm future reads.
+        let round = round.min(self.reads.current_round());
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.recent_active = true;
         pr.probe_sent = false;
@@ -223,7 +236,7 @@ impl RaftCore {
             pr.inflight.free_first();
         }
         if pr.match_index < last_index {
-            self.send_append(from);
+            self.send_append_or_empty(from);
         }
         self.release_confirmed_reads();
     }

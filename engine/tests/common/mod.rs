@@ -44,6 +44,8 @@ pub struct Net {
     pub queue: Vec<Message>,
     /// Committed entries handed out, per node.
     pub applied: Vec<Vec<Entry>>,
+    /// Read states handed out, per node.
+    pub reads: Vec<Vec<flotilla_engine::ReadState>>,
 }
 
 impl Net {
@@ -57,6 +59,7 @@ impl Net {
             cores: (1..=n).map(|id| core_with(id, &voters, &tweak)).collect(),
             queue: Vec::new(),
             applied: vec![Vec::new(); n as usize],
+            reads: vec![Vec::new(); n as usize],
         }
     }
 
@@ -68,6 +71,7 @@ impl Net {
     pub fn flush(&mut self, id: NodeId) -> Vec<Message> {
         let (ready, msgs) = flush(&mut self.cores[id as usize - 1]);
         self.applied[id as usize - 1].extend(ready.committed_entries);
+        self.reads[id as usize - 1].extend(ready.read_states);
         self.queue.extend(msgs.iter().cloned());
         msgs
     }
