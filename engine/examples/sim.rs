@@ -42,7 +42,10 @@ fn main() -> ExitCode {
         Some(s) => vec![s],
         None => (first..first + seeds).collect(),
     };
-    let options = ScenarioOptions::default();
+    let mut options = ScenarioOptions::default();
+    if trace {
+        options.trace_events = Some(400);
+    }
     let (mut violations, mut commits, mut elections, mut changes) = (0usize, 0u64, 0usize, 0usize);
     let mut failing = Vec::new();
     let mut all = Fnv64::default();
@@ -57,6 +60,14 @@ fn main() -> ExitCode {
         }
         for v in &report.violations {
             println!("  seed={seed} violation: {v}");
+        }
+        if trace {
+            for event in &report.events {
+                println!("    {event}");
+            }
+            for line in &report.final_state {
+                println!("    {line}");
+            }
         }
         if !report.violations.is_empty() {
             failing.push(seed);

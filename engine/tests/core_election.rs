@@ -209,3 +209,64 @@ fn learners_and_non_members_never_campaign() {
     assert!(msgs.is_empty());
     assert_eq!(c.role(), Role::Follower);
 }
+
+#[test]
+fn cores_with_one_seed_draw_different_election_timeouts() {
+    // Every core of a cluster is configured with the same seed; node ids must
+    // still give them unrelated timeouts, or they campaign in lockstep.
+    let first_campaign = |id: u64| {
+        let mut c = core(id, &[1, 2, 3, 4, 5]);
+        let mut ticks = Vec::new();
+        for t in 0..200 {
+            c.tick();
+            if c.role() == Role::PreCandidate {
+                ticks.push(t);
+                c.take_ready();
+                // Reset as a refused pre-vote would.
+                let refusal = Message { group: 1, from: if id == 1 { 2 } else { 1 }, to: id, term: c.term(), body: MessageBody::Heartbeat { commit: 0, round: 0 } };
+                c.step(refusal).unwrap();
+                c.take_ready();
+            }
+        }
+        ticks
+    };
+    let schedules: Vec<Vec<u64>> = (1..=5).map(first_campaign).collect();
+    for a in 0..5 {
+        for b in a + 1..5 {
+            assert_ne!(schedules[a], schedules[b], "nodes {} and {} time out in lockstep", a + 1, b + 1);
+        }
+    }
+}
+
+#[test]
+fn refusing_a_stale_candidate_does_not_restart_the_election_timer() {
+    // Without PreVote a node with a stale log keeps campaigning in ever higher
+    // terms. Followers that refuse it must still time out and campaign.
+    let mut cfg = flotilla_engine::Config::new(1, 1);
+    cfg.pre_vote = false;
+    let mut restore = flotilla_engine::RestoreState::bootstrap([1, 2, 3]);
+    restore.hard_state.term = 1;
+    restore.entries = vec![flotilla_engine::Entry { index: 1, term: 1, payload: flotilla_engine::EntryPayload::Blank }];
+    let mut c = flotilla_engine::RaftCore::new(cfg, restore).unwrap();
+    let mut campaigned = false;
+    for t in 0..40u64 {
+        c.tick();
+        if c.role() == Role::Candidate {
+            campaigned = true;
+            break;
+        }
+        if t % 5 == 0 {
+            let term = c.term() + 1;
+            let stale = Message {
+                group: 1,
+                from: 3,
+                to: 1,
+                term,
+                body: MessageBody::RequestVote { last_index: 0, last_term: 0, transfer: false },
+            };
+            c.step(stale).unwrap();
+            flush(&mut c);
+        }
+    }
+    assert!(campaigned, "a stream of refused vote requests kept the node from ever campaigning");
+}

@@ -216,3 +216,32 @@ fn snapshot_older_than_the_commit_index_is_acknowledged_without_install() {
         vec![MessageBody::InstallSnapshotResponse { snapshot_index: commit - 1, next_offset: 0, done: true }]
     );
 }
+
+#[test]
+fn snapshot_matching_the_log_keeps_the_entries_after_it() {
+    // Follower 2 holds entries 1..=5 of term 1, committed up to 2. A snapshot at
+    // (3, term 1) arrives: the follower must not throw away 4 and 5, which it
+    // may already have acknowledged.
+    let mut net = Net::new(3);
+    net.elect(1);
+    for i in 0..4u8 {
+        net.core(1).propose(vec![i]).unwrap();
+    }
+    net.settle_within(&[1, 2]);
+    let last = net.core(2).last_index();
+    assert_eq!(last, 5);
+    let term = net.core(1).term();
+    let meta = SnapshotMeta { index: 3, term, membership: net.core(2).membership().clone() };
+    let commit_before = net.core(2).commit_index();
+    assert!(commit_before < 3, "the scenario needs an uncommitted snapshot index");
+    let m = Message { group: 1, from: 1, to: 2, term, body: MessageBody::InstallSnapshot { meta, offset: 0, data: vec![1, 2], done: true } };
+    net.core(2).step(m).unwrap();
+    let (ready, msgs) = flush(net.core(2));
+    assert!(ready.persist.as_ref().and_then(|p| p.install_snapshot.as_ref()).is_none(), "log discarded for a snapshot it already covers");
+    assert_eq!(net.core(2).last_index(), last);
+    assert_eq!(net.core(2).commit_index(), 3);
+    assert_eq!(
+        msgs.iter().map(|m| m.body.clone()).collect::<Vec<_>>(),
+        vec![MessageBody::InstallSnapshotResponse { snapshot_index: 3, next_offset: 0, done: true }]
+    );
+}

@@ -140,7 +140,7 @@ impl RaftCore {
             )));
         }
         let mut core = RaftCore {
-            rng: SplitMix64::new(cfg.seed ^ cfg.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ cfg.group),
+            rng: SplitMix64::derive(&[cfg.seed, cfg.id, cfg.group]),
             term: restore.hard_state.term,
             vote: restore.hard_state.vote,
             role: Role::Follower,

@@ -96,6 +96,13 @@ impl RaftCore {
         if term > self.term {
             self.set_hard_state(term, 0);
         }
+        // Only hearing from a leader, granting a vote or ceasing to lead restarts
+        // the election timer (Raft §5.2). Merely learning a higher term from a
+        // candidate we refuse must not: a node with a stale log that keeps
+        // campaigning would otherwise hold back every node able to win.
+        if self.role == Role::Leader || leader != 0 {
+            self.reset_election_timer();
+        }
         self.role = Role::Follower;
         self.leader = leader;
         self.votes.clear();
@@ -103,7 +110,6 @@ impl RaftCore {
         self.transfer = None;
         self.reads = LeaderReads::default();
         self.uncommitted_bytes = 0;
-        self.reset_election_timer();
     }
 
     fn become_leader(&mut self) {

@@ -171,7 +171,9 @@ impl RaftCore {
                 };
                 let Some(pr) = self.progress.get_mut(&from) else { return };
                 pr.become_probe();
-                pr.next_index = hinted.clamp(pr.match_index + 1, rejected_index.max(pr.match_index + 1));
+                // Never past the rejected index; normally not below match + 1 either,
+                // unless the follower says it lacks entries it once acknowledged.
+                pr.next_index = hinted.clamp(1, rejected_index.max(1));
                 self.send_append(from);
             }
         }

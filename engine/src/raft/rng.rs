@@ -8,6 +8,18 @@ impl SplitMix64 {
         SplitMix64(seed)
     }
 
+    /// A generator whose stream depends on every value in `parts`. Each part
+    /// passes through the full mixing function, so streams for inputs that
+    /// differ in one bit are unrelated (plain XOR-ing of seeds is not: two
+    /// nodes once drew identical election timeouts and split every vote).
+    pub fn derive(parts: &[u64]) -> Self {
+        let mut state = 0u64;
+        for part in parts {
+            state = SplitMix64::new(state ^ part).next_u64();
+        }
+        SplitMix64(state)
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -72,8 +72,15 @@ impl RaftCore {
 
     pub(crate) fn handle_snapshot_chunk(&mut self, from: NodeId, meta: SnapshotMeta, offset: u64, data: Vec<u8>, done: bool) {
         let snapshot_index = meta.index;
-        if meta.index <= self.log.committed {
-            // We already have everything it covers.
+        let already_covered = meta.index <= self.log.committed;
+        if already_covered || self.log.matches(meta.index, meta.term) {
+            // We hold everything the snapshot covers. Installing it would throw
+            // away entries after it that we may already have acknowledged, so
+            // only learn that its index is committed.
+            if !already_covered {
+                self.log.committed = meta.index;
+            }
+            self.staging = None;
             let body = MessageBody::InstallSnapshotResponse { snapshot_index, next_offset: 0, done: true };
             let reply = self.message(from, body);
             self.respond(reply);

@@ -14,8 +14,10 @@ pub struct Checker {
     leaders: BTreeMap<Term, NodeId>,
     /// Every entry ever written to any log: (index, term) → (payload hash, previous term).
     written: HashMap<(Index, Term), (u64, Term)>,
-    /// Entries known committed: index → (term, payload hash).
-    committed: BTreeMap<Index, (Term, u64)>,
+    /// Entries known committed: index → (entry term, payload hash, earliest
+    /// term in which some node was seen to know it committed). It was
+    /// committed in that term or earlier.
+    committed: BTreeMap<Index, (Term, u64, Term)>,
     /// Human-readable descriptions of what went wrong.
     pub violations: Vec<String>,
     /// Panic at the first violation (tests) instead of only recording it (the fuzzer).
@@ -88,26 +90,35 @@ impl Checker {
         }
     }
 
-    /// State machine safety: one entry per committed index, ever.
-    pub fn observe_committed(&mut self, node: NodeId, entry: &Entry) {
+    /// State machine safety: one entry per committed index, ever. `seen_in_term`
+    /// is the current term of the node that knows the entry is committed.
+    pub fn observe_committed(&mut self, node: NodeId, entry: &Entry, seen_in_term: Term) {
         let hash = payload_hash(entry);
-        match self.committed.get(&entry.index) {
-            Some(&(term, h)) if term != entry.term || h != hash => self.violation(format!(
-                "node {node} committed/applied index {} term {} but term {term} was committed there before",
-                entry.index, entry.term
-            )),
-            Some(_) => {}
+        match self.committed.get_mut(&entry.index) {
+            Some((term, h, _)) if *term != entry.term || *h != hash => {
+                let term = *term;
+                self.violation(format!(
+                    "node {node} committed/applied index {} term {} but term {term} was committed there before",
+                    entry.index, entry.term
+                ))
+            }
+            Some((_, _, seen)) => *seen = (*seen).min(seen_in_term),
             None => {
-                self.committed.insert(entry.index, (entry.term, hash));
+                self.committed.insert(entry.index, (entry.term, hash, seen_in_term));
             }
         }
     }
 
-    /// Leader completeness: a new leader holds every committed entry.
+    /// Leader completeness: the leader of a term holds every entry committed
+    /// in earlier terms. (A stale leader may lack entries committed in later
+    /// terms; it cannot commit anything, so that is no violation.)
     pub fn check_leader_completeness(&mut self, core: &RaftCore) {
         let snapshot_index = core.snapshot_meta().index;
         let mut missing = None;
-        for (&index, &(term, hash)) in self.committed.range(snapshot_index + 1..) {
+        for (&index, &(term, hash, seen)) in self.committed.range(snapshot_index + 1..) {
+            if seen >= core.term() {
+                continue;
+            }
             let ok = core.entry_at(index).is_some_and(|e| e.term == term && payload_hash(e) == hash);
             if !ok {
                 missing = Some((index, term));

@@ -90,6 +90,8 @@ pub struct Cluster {
     checked_commit: Vec<Index>,
     /// Nodes cut off by `isolate`, so `reconnect` restores only links between reachable nodes.
     isolated: std::collections::BTreeSet<NodeId>,
+    /// The most recent events, kept when `record_events` was called (for `--trace`).
+    events: Option<std::collections::VecDeque<String>>,
 }
 
 impl Cluster {
@@ -127,12 +129,32 @@ impl Cluster {
             was_leader: vec![false; opts.nodes],
             checked_commit: vec![0; opts.nodes],
             isolated: Default::default(),
+            events: None,
             nodes,
             net,
             checker,
             now: 0,
             trace: Fnv64::default(),
             opts,
+        }
+    }
+
+    /// Keeps the last `capacity` events (deliveries, persists, crashes...) for debugging.
+    pub fn record_events(&mut self, capacity: usize) {
+        self.events = Some(std::collections::VecDeque::with_capacity(capacity));
+    }
+
+    /// The recorded events, oldest first.
+    pub fn events(&self) -> Vec<String> {
+        self.events.iter().flatten().cloned().collect()
+    }
+
+    fn event(&mut self, what: impl FnOnce() -> String) {
+        if let Some(events) = self.events.as_mut() {
+            if events.len() == events.capacity() {
+                events.pop_front();
+            }
+            events.push_back(format!("[{}] {}", self.now, what()));
         }
     }
 
@@ -189,6 +211,12 @@ impl Cluster {
             let to = msg.to;
             let Some(core) = self.nodes.get_mut(to as usize - 1).and_then(|n| n.core.as_mut()) else { continue };
             self.trace.write(&encode_message(&msg));
+            if let Some(events) = self.events.as_mut() {
+                if events.len() == events.capacity() {
+                    events.pop_front();
+                }
+                events.push_back(format!("[{}] deliver {:?}", self.now, msg));
+            }
             if let Err(e) = core.step(msg) {
                 self.checker.violation(format!("misdirected message: {e}"));
             }
@@ -205,6 +233,7 @@ impl Cluster {
                     }
                 }
                 self.trace.write_u64(done.seq);
+                self.event(|| format!("node {id} synced persist seq {}", done.seq));
                 if let Some(core) = self.nodes[id as usize - 1].core.as_mut() {
                     core.on_persisted(done.seq);
                 }
@@ -241,6 +270,7 @@ impl Cluster {
                 return;
             }
             let ready = core.take_ready();
+            let term = core.term();
             if ready.is_empty() {
                 self.checker.violation(format!("node {id}: has_ready() was true but the Ready is empty"));
                 return;
@@ -251,6 +281,16 @@ impl Cluster {
                     self.checker.observe_written(id, prev_term, &request.entries);
                 }
                 self.trace.write_u64(request.seq);
+                let summary = format!(
+                    "node {id} persist seq {} hs={:?} entries={:?} install={:?} compact={:?} chunks={}",
+                    request.seq,
+                    request.hard_state,
+                    request.entries.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+                    request.install_snapshot.as_ref().map(|m| m.index),
+                    request.compact.as_ref().map(|m| m.index),
+                    request.stage_chunks.len()
+                );
+                self.event(|| summary);
                 let delay = self.rng.range(self.opts.sync_delay.0, self.opts.sync_delay.1 + 1);
                 self.nodes[idx].disk.write(self.now + delay, request);
             }
@@ -261,7 +301,7 @@ impl Cluster {
             }
             for entry in &ready.committed_entries {
                 self.trace.write_u64(entry.index);
-                self.checker.observe_committed(id, entry);
+                self.checker.observe_committed(id, entry, term);
                 if let Err(e) = self.nodes[idx].sm.apply(entry) {
                     self.checker.violation(format!("node {id}: {e}"));
                 }
@@ -326,7 +366,7 @@ impl Cluster {
             let from = self.checked_commit[idx].max(core.snapshot_meta().index) + 1;
             for index in from..=commit {
                 if let Some(entry) = core.entry_at(index) {
-                    self.checker.observe_committed(core.id(), entry);
+                    self.checker.observe_committed(core.id(), entry, core.term());
                 }
             }
             self.checked_commit[idx] = self.checked_commit[idx].max(commit);
@@ -342,20 +382,25 @@ impl Cluster {
         self.was_leader[id as usize - 1] = false;
         self.trace.write(b"crash");
         self.trace.write_u64(id);
+        self.event(|| format!("crash node {id}"));
     }
 
     /// Restarts a crashed node from its disk.
     pub fn restart(&mut self, id: NodeId) {
+        let boot_seed = self.rng.next_u64();
         let node = &mut self.nodes[id as usize - 1];
         if node.core.is_some() {
             return;
         }
+        // A restarted node draws new election timeouts, as a real process would.
+        node.config.seed = boot_seed;
         if let Err(e) = node.start() {
             self.checker.violation(format!("restart of node {id} failed: {e}"));
         }
         self.checked_commit[id as usize - 1] = 0;
         self.trace.write(b"restart");
         self.trace.write_u64(id);
+        self.event(|| format!("restart node {id}"));
         self.drain(id);
     }
 

@@ -30,6 +30,10 @@ pub struct SeedReport {
     pub elections: usize,
     /// Membership changes accepted by a leader.
     pub membership_changes: usize,
+    /// One line per node describing where it ended, for `--trace`.
+    pub final_state: Vec<String>,
+    /// The last recorded events, when `trace_events` was set.
+    pub events: Vec<String>,
 }
 
 /// Knobs of the randomized scenario.
@@ -39,17 +43,22 @@ pub struct ScenarioOptions {
     pub fault_ticks: u64,
     /// Election timeouts allowed for commits to resume after healing.
     pub liveness_timeouts: u64,
+    /// Keep this many recent events and stop at the first violation (for `--trace`).
+    pub trace_events: Option<usize>,
 }
 
 impl Default for ScenarioOptions {
     fn default() -> Self {
-        ScenarioOptions { fault_ticks: 2000, liveness_timeouts: 10 }
+        ScenarioOptions { fault_ticks: 2000, liveness_timeouts: 10, trace_events: None }
     }
 }
 
 /// Runs one randomized scenario.
 pub fn run_seed(seed: u64, options: &ScenarioOptions) -> SeedReport {
     let mut cluster = build(seed);
+    if let Some(capacity) = options.trace_events {
+        cluster.record_events(capacity);
+    }
     let n = cluster.size() as u64;
     let mut choices = SplitMix64::new(seed ^ 0x5EED_5EED);
     let mut next_value = 0u64;
@@ -64,6 +73,9 @@ pub fn run_seed(seed: u64, options: &ScenarioOptions) -> SeedReport {
             membership_changes += usize::from(random_fault(&mut cluster, &mut choices));
         }
         cluster.run_ticks(1);
+        if options.trace_events.is_some() && !cluster.checker.violations.is_empty() {
+            break;
+        }
     }
     let committed_before_heal = cluster.checker.max_committed();
     heal(&mut cluster);
@@ -95,6 +107,8 @@ pub fn run_seed(seed: u64, options: &ScenarioOptions) -> SeedReport {
         committed: cluster.checker.max_committed(),
         elections: cluster.checker.leaders_elected(),
         membership_changes,
+        final_state: describe(&cluster),
+        events: cluster.events(),
     }
 }
 
@@ -221,4 +235,39 @@ fn applied_by_majority(c: &Cluster, index: u64) -> bool {
         .unwrap_or_default();
     let applied = voters.iter().filter(|id| c.node(**id).sm.applied >= index).count();
     !voters.is_empty() && applied * 2 > voters.len()
+}
+
+fn describe(c: &Cluster) -> Vec<String> {
+    let cfg = &c.options().config;
+    let mut lines = vec![format!(
+        "pre_vote={} check_quorum={} snapshot_every={:?} faults={:?}",
+        cfg.pre_vote,
+        cfg.check_quorum,
+        c.options().snapshot_every,
+        c.net.faults
+    )];
+    for node in &c.nodes {
+        let Some(core) = node.core.as_ref() else {
+            lines.push(format!("node {}: down", node.id));
+            continue;
+        };
+        let s = core.status();
+        lines.push(format!(
+            "node {}: {:?} term={} leader={} commit={} applied={} last={} last_term={:?} snapshot={} voters={:?} outgoing={:?} learners={:?} peers={:?}",
+            s.id,
+            s.role,
+            s.term,
+            s.leader,
+            s.commit_index,
+            s.applied_index,
+            s.last_index,
+            core.term_at(s.last_index),
+            s.snapshot_index,
+            s.membership.voters,
+            s.membership.outgoing,
+            s.membership.learners,
+            s.peers.iter().map(|p| (p.id, p.match_index, p.next_index, p.state.clone())).collect::<Vec<_>>()
+        ));
+    }
+    lines
 }
