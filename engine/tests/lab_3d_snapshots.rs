@@ -8,6 +8,8 @@ use flotilla_engine::sim::{Cluster, ClusterOptions, LinkFaults};
 use flotilla_engine::NodeId;
 
 const SNAPSHOT_INTERVAL: u64 = 10;
+/// Each randomized scenario runs over this many seeds.
+const SEEDS: u64 = 4;
 /// The lab's MAXLOGSIZE: the persisted Raft state must stay below it.
 const MAX_LOG_SIZE: u64 = 2000;
 
@@ -98,27 +100,37 @@ fn snap_common(seed: u64, disconnect: bool, reliable: bool, crash_victim: bool) 
 
 #[test]
 fn snapshot_basic() {
-    snap_common(41, false, true, false);
+    for seed in 0..SEEDS {
+        snap_common(4100 + seed, false, true, false);
+    }
 }
 
 #[test]
 fn snapshot_install() {
-    snap_common(42, true, true, false);
+    for seed in 0..SEEDS {
+        snap_common(4200 + seed, true, true, false);
+    }
 }
 
 #[test]
 fn snapshot_install_unreliable() {
-    snap_common(43, true, false, false);
+    for seed in 0..SEEDS {
+        snap_common(4300 + seed, true, false, false);
+    }
 }
 
 #[test]
 fn snapshot_install_crash() {
-    snap_common(44, false, true, true);
+    for seed in 0..SEEDS {
+        snap_common(4400 + seed, false, true, true);
+    }
 }
 
 #[test]
 fn snapshot_install_unreliable_crash() {
-    snap_common(45, false, false, true);
+    for seed in 0..SEEDS {
+        snap_common(4500 + seed, false, false, true);
+    }
 }
 
 #[test]
