@@ -270,3 +270,49 @@ fn refusing_a_stale_candidate_does_not_restart_the_election_timer() {
     }
     assert!(campaigned, "a stream of refused vote requests kept the node from ever campaigning");
 }
+
+#[test]
+fn pre_vote_refused_to_a_less_up_to_date_log() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.core(1).propose(b"x".to_vec()).unwrap();
+    net.settle();
+    let term = net.core(3).term();
+    // Let node 3 forget the leader (no lease), then ask it with a shorter log.
+    for _ in 0..30 {
+        net.core(3).tick();
+    }
+    net.core(3).take_ready();
+    let pre_vote = Message {
+        group: 1,
+        from: 2,
+        to: 3,
+        term: term + 2,
+        body: MessageBody::PreVote { last_index: 1, last_term: term },
+    };
+    let mut c = net.cores.remove(2);
+    let before = c.term();
+    c.step(pre_vote).unwrap();
+    let (_, msgs) = flush(&mut c);
+    let answers: Vec<_> = msgs.iter().filter(|m| m.to == 2).map(|m| m.body.clone()).collect();
+    assert_eq!(answers, vec![MessageBody::PreVoteResponse { granted: false }]);
+    assert_eq!(c.term(), before, "a pre-vote must not change the receiver's term");
+}
+
+#[test]
+fn joint_configuration_election_needs_both_majorities() {
+    use flotilla_engine::{Config, Membership, RaftCore, RestoreState, SnapshotMeta};
+    let joint = Membership { voters: [1, 4, 5].into(), outgoing: [1, 2, 3].into(), learners: Default::default() };
+    let restore = RestoreState { snapshot: SnapshotMeta { membership: joint, ..SnapshotMeta::default() }, ..RestoreState::default() };
+    let mut c = RaftCore::new(Config::new(1, 1), restore).unwrap();
+    c.start_election();
+    flush(&mut c);
+    for from in [4, 5] {
+        c.step(Message { group: 1, from, to: 1, term: 1, body: MessageBody::PreVoteResponse { granted: true } }).unwrap();
+    }
+    flush(&mut c);
+    assert_eq!(c.role(), Role::PreCandidate, "the new half alone must not carry a joint election");
+    c.step(Message { group: 1, from: 2, to: 1, term: 1, body: MessageBody::PreVoteResponse { granted: true } }).unwrap();
+    flush(&mut c);
+    assert_eq!(c.role(), Role::Candidate);
+}

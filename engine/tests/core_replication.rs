@@ -228,3 +228,14 @@ fn duplicate_append_does_not_truncate_newer_entries() {
     assert_eq!(f.last_index(), 3);
     assert_eq!(bodies(&msgs), vec![(1, MessageBody::AppendResponse(AppendResponse::Success { match_index: 1 }))]);
 }
+
+#[test]
+fn heartbeat_commit_never_runs_past_the_followers_log() {
+    let mut f = restored(2, &[1, 2, 3], 1, vec![entry(1, 1), entry(2, 1)], |_| {});
+    f.step(msg(1, 2, 1, MessageBody::Heartbeat { commit: 5, round: 1 })).unwrap();
+    let (ready, _) = flush(&mut f);
+    assert_eq!(f.commit_index(), 0, "commit taken from a heartbeat beyond the follower's log");
+    assert!(ready.committed_entries.is_empty());
+    f.step(msg(1, 2, 1, MessageBody::Heartbeat { commit: 2, round: 2 })).unwrap();
+    assert_eq!(f.commit_index(), 2);
+}
