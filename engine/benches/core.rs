@@ -28,7 +28,10 @@ impl InProcessCluster {
                 RaftCore::new(cfg, RestoreState::bootstrap(VOTERS)).expect("valid config")
             })
             .collect();
-        let mut cluster = InProcessCluster { cores, wire: VecDeque::new() };
+        let mut cluster = InProcessCluster {
+            cores,
+            wire: VecDeque::new(),
+        };
         cluster.cores[0].start_election();
         while !cluster.cores[0].is_leader() {
             cluster.pump();
@@ -90,21 +93,30 @@ fn bench_core(c: &mut Criterion) {
     for clients in [1usize, 64, 1024] {
         let per_iter = 10_000u64;
         group.throughput(Throughput::Elements(per_iter));
-        group.bench_with_input(BenchmarkId::new("clients", clients), &clients, |b, &clients| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let mut cluster = InProcessCluster::new();
-                    let start = Instant::now();
-                    cluster.run(clients, per_iter);
-                    total += start.elapsed();
-                }
-                total
-            });
-        });
+        group.bench_with_input(
+            BenchmarkId::new("clients", clients),
+            &clients,
+            |b, &clients| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let mut cluster = InProcessCluster::new();
+                        let start = Instant::now();
+                        cluster.run(clients, per_iter);
+                        total += start.elapsed();
+                    }
+                    total
+                });
+            },
+        );
     }
     group.finish();
 }
 
-criterion_group!(benches, bench_core);
+#[allow(missing_docs)] // criterion's macro generates an undocumented function
+mod harness {
+    use super::*;
+    criterion_group!(benches, bench_core);
+}
+use harness::benches;
 criterion_main!(benches);

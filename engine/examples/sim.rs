@@ -55,7 +55,12 @@ fn main() -> ExitCode {
         if trace || !report.violations.is_empty() {
             println!(
                 "seed={} nodes={} committed={} elections={} membership_changes={} trace={:016x}",
-                seed, report.nodes, report.committed, report.elections, report.membership_changes, report.trace_hash
+                seed,
+                report.nodes,
+                report.committed,
+                report.elections,
+                report.membership_changes,
+                report.trace_hash
             );
         }
         for v in &report.violations {

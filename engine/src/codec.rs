@@ -16,7 +16,9 @@ pub enum CodecError {
     #[error("empty frame: expected a version byte")]
     Empty,
     /// The frame was written by another format version.
-    #[error("frame has wire version {found}, this node speaks {WIRE_VERSION}; upgrade the older node")]
+    #[error(
+        "frame has wire version {found}, this node speaks {WIRE_VERSION}; upgrade the older node"
+    )]
     Version {
         /// The version byte found.
         found: u8,
@@ -52,14 +54,26 @@ mod tests {
 
     #[test]
     fn round_trip_and_version_check() {
-        let msg = Message { group: 3, from: 1, to: 2, term: 9, body: MessageBody::TimeoutNow };
+        let msg = Message {
+            group: 3,
+            from: 1,
+            to: 2,
+            term: 9,
+            body: MessageBody::TimeoutNow,
+        };
         let frame = encode_message(&msg);
         assert_eq!(frame[0], WIRE_VERSION);
         assert_eq!(decode_message(&frame).ok(), Some(msg));
         let mut bad = frame.clone();
         bad[0] = 9;
-        assert!(matches!(decode_message(&bad), Err(CodecError::Version { found: 9 })));
-        assert!(matches!(decode_message(&frame[..2]), Err(CodecError::Malformed(_))));
+        assert!(matches!(
+            decode_message(&bad),
+            Err(CodecError::Version { found: 9 })
+        ));
+        assert!(matches!(
+            decode_message(&frame[..2]),
+            Err(CodecError::Malformed(_))
+        ));
         assert!(matches!(decode_message(&[]), Err(CodecError::Empty)));
     }
 }

@@ -51,7 +51,9 @@ pub use raft::error::{CompactError, ConfigError, ProposeError};
 pub use raft::membership::MembershipChange;
 pub use raft::message::{AppendResponse, Message, MessageBody, SnapshotMeta};
 pub use raft::progress::ReplicationState;
-pub use raft::ready::{PersistRequest, ReadState, Ready, SnapshotChunk, SnapshotChunkRequest, StagedChunk};
+pub use raft::ready::{
+    PersistRequest, ReadState, Ready, SnapshotChunk, SnapshotChunkRequest, StagedChunk,
+};
 pub use raft::rng::SplitMix64;
 pub use raft::status::{PeerStatus, Status};
 pub use raft::step::MisdirectedMessage;

@@ -1,6 +1,8 @@
 //! Elections, PreVote, CheckQuorum and vote durability, asserted on the exact
 //! messages and state one core produces.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 mod common;
 
 use common::{bodies, core, core_with, flush, Net};
@@ -16,9 +18,15 @@ fn election_timeout_starts_a_pre_vote_without_changing_term() {
     assert_eq!(c.term(), 0, "a pre-vote must not bump the term");
     let (ready, msgs) = flush(&mut c);
     assert!(ready.persist.is_none(), "nothing to persist for a pre-vote");
-    let expected = MessageBody::PreVote { last_index: 0, last_term: 0 };
+    let expected = MessageBody::PreVote {
+        last_index: 0,
+        last_term: 0,
+    };
     assert_eq!(bodies(&msgs), vec![(2, expected.clone()), (3, expected)]);
-    assert!(msgs.iter().all(|m| m.term == 1), "pre-votes carry the term the node would campaign in");
+    assert!(
+        msgs.iter().all(|m| m.term == 1),
+        "pre-votes carry the term the node would campaign in"
+    );
 }
 
 #[test]
@@ -26,19 +34,42 @@ fn pre_vote_quorum_starts_real_election_and_own_vote_waits_for_disk() {
     let mut c = core(1, &[1, 2, 3]);
     c.start_election();
     c.take_ready();
-    let grant = Message { group: 1, from: 2, to: 1, term: 1, body: MessageBody::PreVoteResponse { granted: true } };
+    let grant = Message {
+        group: 1,
+        from: 2,
+        to: 1,
+        term: 1,
+        body: MessageBody::PreVoteResponse { granted: true },
+    };
     c.step(grant).unwrap();
     assert_eq!(c.role(), Role::Candidate);
     assert_eq!(c.term(), 1);
     let ready = c.take_ready();
     let persist = ready.persist.expect("term and vote must be persisted");
     assert_eq!(persist.hard_state.map(|h| (h.term, h.vote)), Some((1, 1)));
-    let expected = MessageBody::RequestVote { last_index: 0, last_term: 0, transfer: false };
-    assert_eq!(bodies(&ready.messages), vec![(2, expected.clone()), (3, expected)]);
+    let expected = MessageBody::RequestVote {
+        last_index: 0,
+        last_term: 0,
+        transfer: false,
+    };
+    assert_eq!(
+        bodies(&ready.messages),
+        vec![(2, expected.clone()), (3, expected)]
+    );
     // A vote from node 2 alone is not a quorum until our own vote is durable.
-    let vote = Message { group: 1, from: 2, to: 1, term: 1, body: MessageBody::RequestVoteResponse { granted: true } };
+    let vote = Message {
+        group: 1,
+        from: 2,
+        to: 1,
+        term: 1,
+        body: MessageBody::RequestVoteResponse { granted: true },
+    };
     c.step(vote).unwrap();
-    assert_eq!(c.role(), Role::Candidate, "own vote counted before it was persisted");
+    assert_eq!(
+        c.role(),
+        Role::Candidate,
+        "own vote counted before it was persisted"
+    );
     c.on_persisted(persist.seq);
     assert_eq!(c.role(), Role::Leader);
 }
@@ -51,16 +82,26 @@ fn vote_response_is_held_until_the_vote_is_durable() {
         from: 1,
         to: 2,
         term: 1,
-        body: MessageBody::RequestVote { last_index: 0, last_term: 0, transfer: false },
+        body: MessageBody::RequestVote {
+            last_index: 0,
+            last_term: 0,
+            transfer: false,
+        },
     };
     c.step(request).unwrap();
     let ready = c.take_ready();
-    assert!(ready.messages.is_empty(), "vote sent before it was persisted");
+    assert!(
+        ready.messages.is_empty(),
+        "vote sent before it was persisted"
+    );
     let persist = ready.persist.expect("vote to persist");
     assert_eq!(persist.hard_state.map(|h| (h.term, h.vote)), Some((1, 1)));
     c.on_persisted(persist.seq);
     let ready = c.take_ready();
-    assert_eq!(bodies(&ready.messages), vec![(1, MessageBody::RequestVoteResponse { granted: true })]);
+    assert_eq!(
+        bodies(&ready.messages),
+        vec![(1, MessageBody::RequestVoteResponse { granted: true })]
+    );
 }
 
 #[test]
@@ -72,7 +113,11 @@ fn one_vote_per_term() {
             from: candidate,
             to: 3,
             term: 1,
-            body: MessageBody::RequestVote { last_index: 0, last_term: 0, transfer: false },
+            body: MessageBody::RequestVote {
+                last_index: 0,
+                last_term: 0,
+                transfer: false,
+            },
         };
         c.step(request).unwrap();
     }
@@ -99,7 +144,11 @@ fn vote_refused_to_a_less_up_to_date_log() {
         from: 2,
         to: 3,
         term: 5,
-        body: MessageBody::RequestVote { last_index: 1, last_term: 1, transfer: false },
+        body: MessageBody::RequestVote {
+            last_index: 1,
+            last_term: 1,
+            transfer: false,
+        },
     };
     // Not in a leader lease: no ticks elapsed? Simulate an election timeout first.
     for _ in 0..30 {
@@ -108,9 +157,20 @@ fn vote_refused_to_a_less_up_to_date_log() {
     c.take_ready();
     c.step(request).unwrap();
     let (_, msgs) = flush(&mut c);
-    let answers: Vec<_> = msgs.iter().filter(|m| m.to == 2).map(|m| m.body.clone()).collect();
-    assert_eq!(answers, vec![MessageBody::RequestVoteResponse { granted: false }]);
-    assert_eq!(c.term(), 5, "the higher term is adopted even when the vote is refused");
+    let answers: Vec<_> = msgs
+        .iter()
+        .filter(|m| m.to == 2)
+        .map(|m| m.body.clone())
+        .collect();
+    assert_eq!(
+        answers,
+        vec![MessageBody::RequestVoteResponse { granted: false }]
+    );
+    assert_eq!(
+        c.term(),
+        5,
+        "the higher term is adopted even when the vote is refused"
+    );
 }
 
 #[test]
@@ -123,7 +183,11 @@ fn rejoining_node_cannot_disrupt_a_healthy_leader() {
         net.core(3).tick();
         net.core(3).take_ready();
     }
-    assert_eq!(net.core(3).term(), term, "pre-vote kept the isolated node's term");
+    assert_eq!(
+        net.core(3).term(),
+        term,
+        "pre-vote kept the isolated node's term"
+    );
     // Even a node that somehow has a higher term is ignored by followers that
     // hear from the leader (CheckQuorum lease).
     let disruptive = Message {
@@ -131,11 +195,18 @@ fn rejoining_node_cannot_disrupt_a_healthy_leader() {
         from: 3,
         to: 2,
         term: term + 5,
-        body: MessageBody::RequestVote { last_index: 99, last_term: term + 4, transfer: false },
+        body: MessageBody::RequestVote {
+            last_index: 99,
+            last_term: term + 4,
+            transfer: false,
+        },
     };
     net.core(2).step(disruptive).unwrap();
     let (_, msgs) = flush(net.core(2));
-    assert!(msgs.is_empty(), "follower answered a vote request while in a leader lease: {msgs:?}");
+    assert!(
+        msgs.is_empty(),
+        "follower answered a vote request while in a leader lease: {msgs:?}"
+    );
     assert_eq!(net.core(2).term(), term);
     assert_eq!(net.core(2).leader(), 1);
 }
@@ -170,7 +241,16 @@ fn leader_with_quorum_contact_stays() {
 fn stale_leader_learns_the_new_term_from_any_follower() {
     let mut c = core_with(2, &[1, 2, 3], |_| {});
     // Node 2 is at term 3; an old leader of term 1 sends an append.
-    let newer = Message { group: 1, from: 3, to: 2, term: 3, body: MessageBody::Heartbeat { commit: 0, round: 1 } };
+    let newer = Message {
+        group: 1,
+        from: 3,
+        to: 2,
+        term: 3,
+        body: MessageBody::Heartbeat {
+            commit: 0,
+            round: 1,
+        },
+    };
     c.step(newer).unwrap();
     flush(&mut c);
     let old = Message {
@@ -178,14 +258,22 @@ fn stale_leader_learns_the_new_term_from_any_follower() {
         from: 1,
         to: 2,
         term: 1,
-        body: MessageBody::Append { prev_index: 0, prev_term: 0, entries: vec![], commit: 0 },
+        body: MessageBody::Append {
+            prev_index: 0,
+            prev_term: 0,
+            entries: vec![],
+            commit: 0,
+        },
     };
     c.step(old).unwrap();
     let (_, msgs) = flush(&mut c);
     let to_old: Vec<_> = msgs.iter().filter(|m| m.to == 1).collect();
     assert_eq!(to_old.len(), 1);
     assert_eq!(to_old[0].term, 3);
-    assert_eq!(to_old[0].body, MessageBody::AppendResponse(AppendResponse::Success { match_index: 0 }));
+    assert_eq!(
+        to_old[0].body,
+        MessageBody::AppendResponse(AppendResponse::Success { match_index: 0 })
+    );
 }
 
 #[test]
@@ -196,7 +284,11 @@ fn single_node_elects_itself() {
         flush(&mut c);
     }
     assert!(c.is_leader());
-    assert_eq!(c.commit_index(), 1, "the leader's blank entry commits on its own");
+    assert_eq!(
+        c.commit_index(),
+        1,
+        "the leader's blank entry commits on its own"
+    );
 }
 
 #[test]
@@ -223,7 +315,16 @@ fn cores_with_one_seed_draw_different_election_timeouts() {
                 ticks.push(t);
                 c.take_ready();
                 // Reset as a refused pre-vote would.
-                let refusal = Message { group: 1, from: if id == 1 { 2 } else { 1 }, to: id, term: c.term(), body: MessageBody::Heartbeat { commit: 0, round: 0 } };
+                let refusal = Message {
+                    group: 1,
+                    from: if id == 1 { 2 } else { 1 },
+                    to: id,
+                    term: c.term(),
+                    body: MessageBody::Heartbeat {
+                        commit: 0,
+                        round: 0,
+                    },
+                };
                 c.step(refusal).unwrap();
                 c.take_ready();
             }
@@ -233,7 +334,13 @@ fn cores_with_one_seed_draw_different_election_timeouts() {
     let schedules: Vec<Vec<u64>> = (1..=5).map(first_campaign).collect();
     for a in 0..5 {
         for b in a + 1..5 {
-            assert_ne!(schedules[a], schedules[b], "nodes {} and {} time out in lockstep", a + 1, b + 1);
+            assert_ne!(
+                schedules[a],
+                schedules[b],
+                "nodes {} and {} time out in lockstep",
+                a + 1,
+                b + 1
+            );
         }
     }
 }
@@ -246,7 +353,11 @@ fn refusing_a_stale_candidate_does_not_restart_the_election_timer() {
     cfg.pre_vote = false;
     let mut restore = flotilla_engine::RestoreState::bootstrap([1, 2, 3]);
     restore.hard_state.term = 1;
-    restore.entries = vec![flotilla_engine::Entry { index: 1, term: 1, payload: flotilla_engine::EntryPayload::Blank }];
+    restore.entries = vec![flotilla_engine::Entry {
+        index: 1,
+        term: 1,
+        payload: flotilla_engine::EntryPayload::Blank,
+    }];
     let mut c = flotilla_engine::RaftCore::new(cfg, restore).unwrap();
     let mut campaigned = false;
     for t in 0..40u64 {
@@ -262,13 +373,20 @@ fn refusing_a_stale_candidate_does_not_restart_the_election_timer() {
                 from: 3,
                 to: 1,
                 term,
-                body: MessageBody::RequestVote { last_index: 0, last_term: 0, transfer: false },
+                body: MessageBody::RequestVote {
+                    last_index: 0,
+                    last_term: 0,
+                    transfer: false,
+                },
             };
             c.step(stale).unwrap();
             flush(&mut c);
         }
     }
-    assert!(campaigned, "a stream of refused vote requests kept the node from ever campaigning");
+    assert!(
+        campaigned,
+        "a stream of refused vote requests kept the node from ever campaigning"
+    );
 }
 
 #[test]
@@ -288,31 +406,73 @@ fn pre_vote_refused_to_a_less_up_to_date_log() {
         from: 2,
         to: 3,
         term: term + 2,
-        body: MessageBody::PreVote { last_index: 1, last_term: term },
+        body: MessageBody::PreVote {
+            last_index: 1,
+            last_term: term,
+        },
     };
     let mut c = net.cores.remove(2);
     let before = c.term();
     c.step(pre_vote).unwrap();
     let (_, msgs) = flush(&mut c);
-    let answers: Vec<_> = msgs.iter().filter(|m| m.to == 2).map(|m| m.body.clone()).collect();
-    assert_eq!(answers, vec![MessageBody::PreVoteResponse { granted: false }]);
-    assert_eq!(c.term(), before, "a pre-vote must not change the receiver's term");
+    let answers: Vec<_> = msgs
+        .iter()
+        .filter(|m| m.to == 2)
+        .map(|m| m.body.clone())
+        .collect();
+    assert_eq!(
+        answers,
+        vec![MessageBody::PreVoteResponse { granted: false }]
+    );
+    assert_eq!(
+        c.term(),
+        before,
+        "a pre-vote must not change the receiver's term"
+    );
 }
 
 #[test]
 fn joint_configuration_election_needs_both_majorities() {
     use flotilla_engine::{Config, Membership, RaftCore, RestoreState, SnapshotMeta};
-    let joint = Membership { voters: [1, 4, 5].into(), outgoing: [1, 2, 3].into(), learners: Default::default() };
-    let restore = RestoreState { snapshot: SnapshotMeta { membership: joint, ..SnapshotMeta::default() }, ..RestoreState::default() };
+    let joint = Membership {
+        voters: [1, 4, 5].into(),
+        outgoing: [1, 2, 3].into(),
+        learners: Default::default(),
+    };
+    let restore = RestoreState {
+        snapshot: SnapshotMeta {
+            membership: joint,
+            ..SnapshotMeta::default()
+        },
+        ..RestoreState::default()
+    };
     let mut c = RaftCore::new(Config::new(1, 1), restore).unwrap();
     c.start_election();
     flush(&mut c);
     for from in [4, 5] {
-        c.step(Message { group: 1, from, to: 1, term: 1, body: MessageBody::PreVoteResponse { granted: true } }).unwrap();
+        c.step(Message {
+            group: 1,
+            from,
+            to: 1,
+            term: 1,
+            body: MessageBody::PreVoteResponse { granted: true },
+        })
+        .unwrap();
     }
     flush(&mut c);
-    assert_eq!(c.role(), Role::PreCandidate, "the new half alone must not carry a joint election");
-    c.step(Message { group: 1, from: 2, to: 1, term: 1, body: MessageBody::PreVoteResponse { granted: true } }).unwrap();
+    assert_eq!(
+        c.role(),
+        Role::PreCandidate,
+        "the new half alone must not carry a joint election"
+    );
+    c.step(Message {
+        group: 1,
+        from: 2,
+        to: 1,
+        term: 1,
+        body: MessageBody::PreVoteResponse { granted: true },
+    })
+    .unwrap();
     flush(&mut c);
     assert_eq!(c.role(), Role::Candidate);
 }

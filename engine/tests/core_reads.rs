@@ -1,12 +1,20 @@
 //! ReadIndex and lease reads, asserted on the exact messages and read states.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 mod common;
 
 use common::{bodies, flush, Net};
 use flotilla_engine::{Message, MessageBody, ProposeError, ReadState};
 
 fn ack(from: u64, to: u64, term: u64, round: u64) -> Message {
-    Message { group: 1, from, to, term, body: MessageBody::HeartbeatResponse { round } }
+    Message {
+        group: 1,
+        from,
+        to,
+        term,
+        body: MessageBody::HeartbeatResponse { round },
+    }
 }
 
 #[test]
@@ -19,9 +27,16 @@ fn read_index_confirms_leadership_with_one_heartbeat_round_for_all_waiting_reads
         net.core(1).read_index(ctx).unwrap();
     }
     let (ready, msgs) = flush(net.core(1));
-    assert!(ready.read_states.is_empty(), "read answered before leadership was confirmed");
+    assert!(
+        ready.read_states.is_empty(),
+        "read answered before leadership was confirmed"
+    );
     let heartbeats: Vec<_> = bodies(&msgs);
-    assert_eq!(heartbeats.len(), 2, "one heartbeat per follower for three reads: {heartbeats:?}");
+    assert_eq!(
+        heartbeats.len(),
+        2,
+        "one heartbeat per follower for three reads: {heartbeats:?}"
+    );
     let round = match heartbeats[0].1 {
         MessageBody::Heartbeat { round, .. } => round,
         ref other => panic!("expected a heartbeat, got {other:?}"),
@@ -31,7 +46,20 @@ fn read_index_confirms_leadership_with_one_heartbeat_round_for_all_waiting_reads
     let (ready, _) = flush(net.core(1));
     assert_eq!(
         ready.read_states,
-        vec![ReadState { ctx: 10, index: commit }, ReadState { ctx: 11, index: commit }, ReadState { ctx: 12, index: commit }]
+        vec![
+            ReadState {
+                ctx: 10,
+                index: commit
+            },
+            ReadState {
+                ctx: 11,
+                index: commit
+            },
+            ReadState {
+                ctx: 12,
+                index: commit
+            }
+        ]
     );
 }
 
@@ -65,7 +93,10 @@ fn read_index_waits_for_the_first_commit_of_the_term() {
     let term = net.core(1).term();
     net.core(1).step(ack(2, 1, term, 100)).unwrap();
     net.flush(1);
-    assert!(net.reads[0].is_empty(), "read served before the leader committed in its term");
+    assert!(
+        net.reads[0].is_empty(),
+        "read served before the leader committed in its term"
+    );
     // Heartbeats resume replication, the blank commits, and the read is served at index 1.
     for _ in 0..20 {
         if !net.reads[0].is_empty() {
@@ -81,8 +112,14 @@ fn read_index_waits_for_the_first_commit_of_the_term() {
 fn followers_refuse_reads_and_name_the_leader() {
     let mut net = Net::new(3);
     net.elect(1);
-    assert_eq!(net.core(2).read_index(1), Err(ProposeError::NotLeader { leader_hint: 1 }));
-    assert_eq!(net.core(2).read_lease(1), Err(ProposeError::NotLeader { leader_hint: 1 }));
+    assert_eq!(
+        net.core(2).read_index(1),
+        Err(ProposeError::NotLeader { leader_hint: 1 })
+    );
+    assert_eq!(
+        net.core(2).read_lease(1),
+        Err(ProposeError::NotLeader { leader_hint: 1 })
+    );
 }
 
 #[test]
@@ -93,7 +130,13 @@ fn lease_read_is_served_only_within_the_lease() {
     net.tick_all(2);
     net.settle();
     let commit = net.core(1).commit_index();
-    assert_eq!(net.core(1).read_lease(7), Ok(ReadState { ctx: 7, index: commit }));
+    assert_eq!(
+        net.core(1).read_lease(7),
+        Ok(ReadState {
+            ctx: 7,
+            index: commit
+        })
+    );
     // Followers go silent: after lease_ticks (8) the lease has lapsed, although
     // the leader has not yet stepped down (that takes the election timeout).
     for _ in 0..8 {

@@ -2,11 +2,14 @@
 //! runtime to read, what it sends, how the follower stages and installs, and
 //! how a cut transfer resumes.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 mod common;
 
 use common::{flush, Net};
 use flotilla_engine::{
-    CompactError, Message, MessageBody, NodeId, RaftCore, ReplicationState, RestoreState, SnapshotChunk, SnapshotMeta,
+    CompactError, Message, MessageBody, NodeId, RaftCore, ReplicationState, RestoreState,
+    SnapshotChunk, SnapshotMeta,
 };
 
 /// Leader 1 with 10 committed entries compacted into a snapshot; node 3 missed them all.
@@ -29,7 +32,15 @@ fn leader_with_compacted_log() -> (Net, SnapshotMeta) {
 /// snapshot chunk; returns the offsets asked for.
 fn until_snapshot_read(net: &mut Net) -> Vec<u64> {
     let term = net.core(1).term();
-    net.core(1).step(Message { group: 1, from: 3, to: 1, term, body: MessageBody::HeartbeatResponse { round: 0 } }).unwrap();
+    net.core(1)
+        .step(Message {
+            group: 1,
+            from: 3,
+            to: 1,
+            term,
+            body: MessageBody::HeartbeatResponse { round: 0 },
+        })
+        .unwrap();
     for _ in 0..10 {
         let ready = net.core(1).take_ready();
         if !ready.snapshot_reads.is_empty() {
@@ -63,11 +74,20 @@ fn compaction_is_limited_to_applied_and_persisted_entries() {
     let mut net = Net::new(3);
     net.elect(1);
     let applied = net.core(1).applied_index();
-    assert_eq!(net.core(1).compact(applied + 1), Err(CompactError::NotApplied { index: applied + 1, applied }));
+    assert_eq!(
+        net.core(1).compact(applied + 1),
+        Err(CompactError::NotApplied {
+            index: applied + 1,
+            applied
+        })
+    );
     let meta = net.core(1).compact(applied).unwrap();
     assert_eq!(meta.index, applied);
     let ready = net.core(1).take_ready();
-    assert_eq!(ready.persist.and_then(|p| p.compact).map(|m| m.index), Some(applied));
+    assert_eq!(
+        ready.persist.and_then(|p| p.compact).map(|m| m.index),
+        Some(applied)
+    );
     assert_eq!(net.core(1).status().first_index, applied + 1);
 }
 
@@ -78,7 +98,8 @@ fn lagging_follower_gets_the_snapshot_in_chunks_and_installs_it_atomically() {
     // Node 3 answers a heartbeat; the leader finds it behind its first index.
     let first = until_snapshot_read(&mut net);
     assert_eq!(first, vec![0]);
-    net.core(1).on_snapshot_chunk(3, chunk_of(&image, &meta, 0, 4));
+    net.core(1)
+        .on_snapshot_chunk(3, chunk_of(&image, &meta, 0, 4));
     let mut leader_msgs = net.core(1).take_ready().messages;
     let mut staged = Vec::new();
     let mut installed = None;
@@ -90,14 +111,20 @@ fn lagging_follower_gets_the_snapshot_in_chunks_and_installs_it_atomically() {
         let to3: Vec<Message> = leader_msgs.drain(..).filter(|m| m.to == 3).collect();
         let mut replies = Vec::new();
         for m in to3 {
-            if let MessageBody::InstallSnapshot { offset, data, done, .. } = &m.body {
+            if let MessageBody::InstallSnapshot {
+                offset, data, done, ..
+            } = &m.body
+            {
                 staged.push((*offset, data.clone(), *done));
             }
             let is_chunk = matches!(m.body, MessageBody::InstallSnapshot { .. });
             net.core(3).step(m).unwrap();
             let ready = net.core(3).take_ready();
             if is_chunk {
-                assert!(ready.messages.is_empty(), "snapshot acknowledged before the chunk was staged");
+                assert!(
+                    ready.messages.is_empty(),
+                    "snapshot acknowledged before the chunk was staged"
+                );
             }
             replies.extend(ready.messages);
             if let Some(p) = ready.persist {
@@ -118,15 +145,23 @@ fn lagging_follower_gets_the_snapshot_in_chunks_and_installs_it_atomically() {
             assert_eq!(req.to, 3);
             assert_eq!(req.meta, meta);
             assert_eq!(req.max_bytes, 4);
-            net.core(1).on_snapshot_chunk(3, chunk_of(&image, &meta, req.offset, req.max_bytes));
+            net.core(1)
+                .on_snapshot_chunk(3, chunk_of(&image, &meta, req.offset, req.max_bytes));
         }
         leader_msgs.extend(net.core(1).take_ready().messages);
-        if installed.is_some() && leader_msgs.iter().all(|m| !matches!(m.body, MessageBody::InstallSnapshot { .. })) {
+        if installed.is_some()
+            && leader_msgs
+                .iter()
+                .all(|m| !matches!(m.body, MessageBody::InstallSnapshot { .. }))
+        {
             break;
         }
     }
     assert_eq!(
-        staged.iter().map(|(o, d, done)| (*o, d.len(), *done)).collect::<Vec<_>>(),
+        staged
+            .iter()
+            .map(|(o, d, done)| (*o, d.len(), *done))
+            .collect::<Vec<_>>(),
         vec![(0, 4, false), (4, 4, false), (8, 2, true)],
         "three chunks of at most 4 bytes, in order"
     );
@@ -141,7 +176,11 @@ fn lagging_follower_gets_the_snapshot_in_chunks_and_installs_it_atomically() {
 
 #[test]
 fn follower_restarted_with_a_staged_prefix_resumes_where_it_stopped() {
-    let meta = SnapshotMeta { index: 20, term: 2, membership: flotilla_engine::Membership::with_voters([1, 2, 3]) };
+    let meta = SnapshotMeta {
+        index: 20,
+        term: 2,
+        membership: flotilla_engine::Membership::with_voters([1, 2, 3]),
+    };
     let mut restore = RestoreState::bootstrap([1, 2, 3]);
     restore.hard_state.term = 2;
     restore.staged = Some((meta.clone(), 8));
@@ -152,14 +191,26 @@ fn follower_restarted_with_a_staged_prefix_resumes_where_it_stopped() {
         from: 1,
         to: 3,
         term: 2,
-        body: MessageBody::InstallSnapshot { meta: meta.clone(), offset: 0, data: vec![0; 4], done: false },
+        body: MessageBody::InstallSnapshot {
+            meta: meta.clone(),
+            offset: 0,
+            data: vec![0; 4],
+            done: false,
+        },
     };
     f.step(chunk).unwrap();
     let (ready, msgs) = flush(&mut f);
-    assert!(ready.persist.is_none(), "a chunk it already has was staged again");
+    assert!(
+        ready.persist.is_none(),
+        "a chunk it already has was staged again"
+    );
     assert_eq!(
         msgs.iter().map(|m| m.body.clone()).collect::<Vec<_>>(),
-        vec![MessageBody::InstallSnapshotResponse { snapshot_index: 20, next_offset: 8, done: false }]
+        vec![MessageBody::InstallSnapshotResponse {
+            snapshot_index: 20,
+            next_offset: 8,
+            done: false
+        }]
     );
 }
 
@@ -172,11 +223,22 @@ fn leader_resumes_a_transfer_at_the_offset_the_follower_reports() {
         from: 3,
         to: 1,
         term: net.core(1).term(),
-        body: MessageBody::InstallSnapshotResponse { snapshot_index: meta.index, next_offset: 8, done: false },
+        body: MessageBody::InstallSnapshotResponse {
+            snapshot_index: meta.index,
+            next_offset: 8,
+            done: false,
+        },
     };
     net.core(1).step(resume).unwrap();
     let ready = net.core(1).take_ready();
-    assert_eq!(ready.snapshot_reads.iter().map(|r| r.offset).collect::<Vec<u64>>(), vec![8]);
+    assert_eq!(
+        ready
+            .snapshot_reads
+            .iter()
+            .map(|r| r.offset)
+            .collect::<Vec<u64>>(),
+        vec![8]
+    );
 }
 
 #[test]
@@ -188,10 +250,22 @@ fn silent_transfer_is_retried_after_an_election_timeout() {
     for _ in 0..10 {
         net.core(1).tick();
         // Keep the leader in quorum through node 2.
-        net.core(1).step(Message { group: 1, from: 2, to: 1, term, body: MessageBody::HeartbeatResponse { round: 0 } }).unwrap();
+        net.core(1)
+            .step(Message {
+                group: 1,
+                from: 2,
+                to: 1,
+                term,
+                body: MessageBody::HeartbeatResponse { round: 0 },
+            })
+            .unwrap();
         retried.extend(net.core(1).take_ready().snapshot_reads.iter().map(|r| r.to));
     }
-    assert_eq!(retried, vec![3], "exactly one retry after the election timeout");
+    assert_eq!(
+        retried,
+        vec![3],
+        "exactly one retry after the election timeout"
+    );
 }
 
 #[test]
@@ -205,15 +279,34 @@ fn snapshot_older_than_the_commit_index_is_acknowledged_without_install() {
     net.tick_all(2);
     net.settle();
     let commit = net.core(2).commit_index();
-    let meta = SnapshotMeta { index: commit - 1, term: 1, membership: net.core(2).membership().clone() };
+    let meta = SnapshotMeta {
+        index: commit - 1,
+        term: 1,
+        membership: net.core(2).membership().clone(),
+    };
     let term = net.core(1).term();
-    let m = Message { group: 1, from: 1, to: 2, term, body: MessageBody::InstallSnapshot { meta, offset: 0, data: vec![1], done: true } };
+    let m = Message {
+        group: 1,
+        from: 1,
+        to: 2,
+        term,
+        body: MessageBody::InstallSnapshot {
+            meta,
+            offset: 0,
+            data: vec![1],
+            done: true,
+        },
+    };
     net.core(2).step(m).unwrap();
     let (ready, msgs) = flush(net.core(2));
     assert!(ready.persist.is_none());
     assert_eq!(
         msgs.iter().map(|m| m.body.clone()).collect::<Vec<_>>(),
-        vec![MessageBody::InstallSnapshotResponse { snapshot_index: commit - 1, next_offset: 0, done: true }]
+        vec![MessageBody::InstallSnapshotResponse {
+            snapshot_index: commit - 1,
+            next_offset: 0,
+            done: true
+        }]
     );
 }
 
@@ -231,17 +324,46 @@ fn snapshot_matching_the_log_keeps_the_entries_after_it() {
     let last = net.core(2).last_index();
     assert_eq!(last, 5);
     let term = net.core(1).term();
-    let meta = SnapshotMeta { index: 3, term, membership: net.core(2).membership().clone() };
+    let meta = SnapshotMeta {
+        index: 3,
+        term,
+        membership: net.core(2).membership().clone(),
+    };
     let commit_before = net.core(2).commit_index();
-    assert!(commit_before < 3, "the scenario needs an uncommitted snapshot index");
-    let m = Message { group: 1, from: 1, to: 2, term, body: MessageBody::InstallSnapshot { meta, offset: 0, data: vec![1, 2], done: true } };
+    assert!(
+        commit_before < 3,
+        "the scenario needs an uncommitted snapshot index"
+    );
+    let m = Message {
+        group: 1,
+        from: 1,
+        to: 2,
+        term,
+        body: MessageBody::InstallSnapshot {
+            meta,
+            offset: 0,
+            data: vec![1, 2],
+            done: true,
+        },
+    };
     net.core(2).step(m).unwrap();
     let (ready, msgs) = flush(net.core(2));
-    assert!(ready.persist.as_ref().and_then(|p| p.install_snapshot.as_ref()).is_none(), "log discarded for a snapshot it already covers");
+    assert!(
+        ready
+            .persist
+            .as_ref()
+            .and_then(|p| p.install_snapshot.as_ref())
+            .is_none(),
+        "log discarded for a snapshot it already covers"
+    );
     assert_eq!(net.core(2).last_index(), last);
     assert_eq!(net.core(2).commit_index(), 3);
     assert_eq!(
         msgs.iter().map(|m| m.body.clone()).collect::<Vec<_>>(),
-        vec![MessageBody::InstallSnapshotResponse { snapshot_index: 3, next_offset: 0, done: true }]
+        vec![MessageBody::InstallSnapshotResponse {
+            snapshot_index: 3,
+            next_offset: 0,
+            done: true
+        }]
     );
 }

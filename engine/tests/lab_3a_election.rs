@@ -1,5 +1,7 @@
 //! Raft lab 3A (leader election), run on the deterministic simulator.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use flotilla_engine::sim::lab::SECOND;
 use flotilla_engine::sim::{Cluster, ClusterOptions};
 
@@ -17,7 +19,10 @@ fn initial_election() {
     assert!(term1 >= 1, "term is {term1}, but should be at least 1");
     c.run_ticks(2 * SECOND);
     let term2 = c.check_terms();
-    assert_eq!(term1, term2, "term changed even though there were no failures");
+    assert_eq!(
+        term1, term2,
+        "term changed even though there were no failures"
+    );
     c.check_one_leader();
 }
 

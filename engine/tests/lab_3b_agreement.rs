@@ -2,6 +2,8 @@
 //! append a blank entry when elected (Raft §5.4.2), so where the lab expects
 //! absolute indexes these tests expect the lab's index plus the blanks.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use flotilla_engine::sim::lab::{cmd, SECOND};
 use flotilla_engine::sim::{Cluster, ClusterOptions};
 
@@ -40,13 +42,18 @@ fn rpc_byte_count() {
     let bytes0 = c.bytes_total();
     let mut sent = 0u64;
     for _ in 0..10 {
-        let command: Vec<u8> = (0..5000).map(|_| c.rng().range(b'a' as u64, b'z' as u64 + 1) as u8).collect();
+        let command: Vec<u8> = (0..5000)
+            .map(|_| c.rng().range(b'a' as u64, b'z' as u64 + 1) as u8)
+            .collect();
         sent += command.len() as u64;
         c.one(command, servers, false);
     }
     let got = c.bytes_total() - bytes0;
     let expected = (servers as u64 - 1) * sent;
-    assert!(got <= expected + 50_000, "too many RPC bytes; got {got}, expected {expected}");
+    assert!(
+        got <= expected + 50_000,
+        "too many RPC bytes; got {got}, expected {expected}"
+    );
 }
 
 #[test]
@@ -62,7 +69,9 @@ fn follower_failure() {
     let leader2 = c.check_one_leader();
     c.disconnect(next(leader2, servers));
     c.disconnect(next(next(leader2, servers), servers));
-    let (index, _) = c.start_on(leader2, cmd(104)).expect("leader rejected Start()");
+    let (index, _) = c
+        .start_on(leader2, cmd(104))
+        .expect("leader rejected Start()");
     c.run_ticks(2 * SECOND);
     let (n, _) = c.n_committed(index);
     assert_eq!(n, 0, "{n} committed but no majority");
@@ -89,7 +98,10 @@ fn leader_failure() {
     c.run_ticks(2 * SECOND);
     for index in indexes {
         let (n, value) = c.n_committed(index);
-        assert!(n == 0 || value != Some(cmd(104)), "{n} committed but no majority");
+        assert!(
+            n == 0 || value != Some(cmd(104)),
+            "{n} committed but no majority"
+        );
     }
 }
 
@@ -124,8 +136,13 @@ fn fail_no_agree() {
         cut.push(id);
         c.disconnect(id);
     }
-    let (index, _) = c.start_on(leader, cmd(20)).expect("leader rejected Start()");
-    assert_eq!(index, 3, "expected index 3 (blank, 10, then 20), got {index}");
+    let (index, _) = c
+        .start_on(leader, cmd(20))
+        .expect("leader rejected Start()");
+    assert_eq!(
+        index, 3,
+        "expected index 3 (blank, 10, then 20), got {index}"
+    );
     c.run_ticks(2 * SECOND);
     let (n, _) = c.n_committed(index);
     assert_eq!(n, 0, "{n} committed but no majority");
@@ -133,9 +150,14 @@ fn fail_no_agree() {
         c.connect(id);
     }
     let leader2 = c.check_one_leader();
-    let (index2, _) = c.start_on(leader2, cmd(30)).expect("leader2 rejected Start()");
+    let (index2, _) = c
+        .start_on(leader2, cmd(30))
+        .expect("leader2 rejected Start()");
     // 20 may survive or not; the new leader's blank comes first either way.
-    assert!((index + 1..=index + 2).contains(&index2), "unexpected index {index2}");
+    assert!(
+        (index + 1..=index + 2).contains(&index2),
+        "unexpected index {index2}"
+    );
     c.one(cmd(1000), servers, true);
 }
 
@@ -149,7 +171,9 @@ fn concurrent_starts() {
             c.run_ticks(3 * SECOND);
         }
         let leader = c.check_one_leader();
-        let Some((_, term)) = c.start_on(leader, cmd(1)) else { continue };
+        let Some((_, term)) = c.start_on(leader, cmd(1)) else {
+            continue;
+        };
         let mut started = Vec::new();
         for i in 0..5u64 {
             match c.start_on(leader, cmd(100 + i)) {
@@ -252,11 +276,17 @@ fn backup() {
     let final_rpcs = c.rpc_total() - before;
     // With one probe per divergent term (not per entry), bringing two nodes
     // over 50+ divergent entries takes a handful of appends, not hundreds.
-    assert!(final_rpcs <= 60, "{final_rpcs} RPCs to bring every node back in line");
+    assert!(
+        final_rpcs <= 60,
+        "{final_rpcs} RPCs to bring every node back in line"
+    );
     // The first agreement after the partition includes an election and both
     // stale nodes skipping 50 divergent entries; entry-by-entry backtracking
     // alone would need 100 appends.
-    assert!(catch_up_rpcs <= 60, "{catch_up_rpcs} RPCs for the first agreement after the partition");
+    assert!(
+        catch_up_rpcs <= 60,
+        "{catch_up_rpcs} RPCs for the first agreement after the partition"
+    );
 }
 
 #[test]
@@ -265,7 +295,10 @@ fn count() {
     let mut c = cluster(servers, 20);
     c.one(cmd(99), servers, false);
     let total1 = c.rpc_total();
-    assert!((1..=30).contains(&total1), "too many or few RPCs ({total1}) to elect initial leader");
+    assert!(
+        (1..=30).contains(&total1),
+        "too many or few RPCs ({total1}) to elect initial leader"
+    );
     let mut success = false;
     let mut total2 = 0;
     'attempts: for attempt in 0..5 {
@@ -275,19 +308,28 @@ fn count() {
         let leader = c.check_one_leader();
         let total1 = c.rpc_total();
         let iters = 10u64;
-        let Some((start_index, term)) = c.start_on(leader, cmd(1)) else { continue };
+        let Some((start_index, term)) = c.start_on(leader, cmd(1)) else {
+            continue;
+        };
         let mut values = Vec::new();
         for i in 1..iters + 2 {
             let x = c.rng().next_u64();
             values.push(x);
             match c.start_on(leader, cmd(x)) {
-                Some((index, t)) if t == term => assert_eq!(index, start_index + i, "Start() failed"),
+                Some((index, t)) if t == term => {
+                    assert_eq!(index, start_index + i, "Start() failed")
+                }
                 _ => continue 'attempts,
             }
         }
         for i in 1..=iters {
             match c.wait(start_index + i, servers, Some(term)) {
-                Some(got) => assert_eq!(got, cmd(values[i as usize - 1]), "wrong value committed for index {}", start_index + i),
+                Some(got) => assert_eq!(
+                    got,
+                    cmd(values[i as usize - 1]),
+                    "wrong value committed for index {}",
+                    start_index + i
+                ),
                 None => continue 'attempts,
             }
         }
@@ -295,12 +337,20 @@ fn count() {
             continue;
         }
         total2 = c.rpc_total();
-        assert!(total2 - total1 <= (iters + 1 + 3) * 3, "too many RPCs ({}) for {iters} entries", total2 - total1);
+        assert!(
+            total2 - total1 <= (iters + 1 + 3) * 3,
+            "too many RPCs ({}) for {iters} entries",
+            total2 - total1
+        );
         success = true;
         break;
     }
     assert!(success, "term changed too often");
     c.run_ticks(SECOND);
     let total3 = c.rpc_total();
-    assert!(total3 - total2 <= 3 * 20, "too many RPCs ({}) for 1 second of idleness", total3 - total2);
+    assert!(
+        total3 - total2 <= 3 * 20,
+        "too many RPCs ({}) for 1 second of idleness",
+        total3 - total2
+    );
 }

@@ -1,6 +1,8 @@
 //! Raft lab 3C (persistence), run on the deterministic simulator. A crash
 //! loses every write the simulated disk had not synced.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use flotilla_engine::sim::lab::{cmd, SECOND};
 use flotilla_engine::sim::{Cluster, ClusterOptions};
 use flotilla_engine::{Index, NodeId};
@@ -137,7 +139,11 @@ fn figure8_seed(seed: u64) {
                 leader = Some(id);
             }
         }
-        let pause = if c.rng().range(0, 1000) < 100 { c.rng().range(0, SECOND / 2) } else { c.rng().range(0, 2) };
+        let pause = if c.rng().range(0, 1000) < 100 {
+            c.rng().range(0, SECOND / 2)
+        } else {
+            c.rng().range(0, 2)
+        };
         c.run_ticks(pause);
         if let Some(leader) = leader {
             crash(&mut c, leader);
@@ -208,7 +214,11 @@ fn figure8_unreliable_seed(seed: u64) {
                 leader = Some(id);
             }
         }
-        let pause = if c.rng().range(0, 1000) < 100 { c.rng().range(0, SECOND / 2) } else { c.rng().range(0, 2) };
+        let pause = if c.rng().range(0, 1000) < 100 {
+            c.rng().range(0, SECOND / 2)
+        } else {
+            c.rng().range(0, 2)
+        };
         c.run_ticks(pause);
         if let Some(leader) = leader {
             if c.rng().range(0, 1000) < SECOND / 2 * 10 {
@@ -283,11 +293,17 @@ fn churn(unreliable: bool, seed: u64) {
         }
         let (n, got) = c.n_committed(index);
         if got.as_ref() == Some(&value) {
-            assert_eq!(n, servers, "committed value at {index} is missing on some node");
+            assert_eq!(
+                n, servers,
+                "committed value at {index} is missing on some node"
+            );
             committed_values += 1;
         }
     }
-    assert!(committed_values > 0, "no client value was committed during churn");
+    assert!(
+        committed_values > 0,
+        "no client value was committed during churn"
+    );
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! [`SNAPSHOT_INTERVAL`] applied entries, as the lab's applier does; snapshots
 //! travel in chunks of 256 bytes, so each install takes several chunks.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use flotilla_engine::sim::lab::cmd;
 use flotilla_engine::sim::{Cluster, ClusterOptions, LinkFaults};
 use flotilla_engine::NodeId;
@@ -28,7 +30,11 @@ fn random_cmd(c: &mut Cluster) -> Vec<u8> {
 }
 
 fn log_size(c: &Cluster) -> u64 {
-    c.nodes.iter().map(|n| n.disk.raft_state_bytes()).max().unwrap_or(0)
+    c.nodes
+        .iter()
+        .map(|n| n.disk.raft_state_bytes())
+        .max()
+        .unwrap_or(0)
 }
 
 fn crash(c: &mut Cluster, id: NodeId) {
@@ -76,14 +82,19 @@ fn snap_common(seed: u64, disconnect: bool, reliable: bool, crash_victim: bool) 
         } else {
             c.one(command, servers - 1, true);
         }
-        assert!(log_size(&c) < MAX_LOG_SIZE, "log size too large: {}", log_size(&c));
+        assert!(
+            log_size(&c) < MAX_LOG_SIZE,
+            "log size too large: {}",
+            log_size(&c)
+        );
         if disconnect {
             // The victim must catch up, through a snapshot once the log moved past it.
             let before = c.node(victim).disk.snapshot.0.index;
             c.connect(victim);
             let command = random_cmd(&mut c);
             c.one(command, servers, true);
-            snapshots_installed |= c.node(victim).disk.snapshot.0.index > before + SNAPSHOT_INTERVAL;
+            snapshots_installed |=
+                c.node(victim).disk.snapshot.0.index > before + SNAPSHOT_INTERVAL;
             leader1 = c.check_one_leader();
         }
         if crash_victim {
@@ -94,7 +105,10 @@ fn snap_common(seed: u64, disconnect: bool, reliable: bool, crash_victim: bool) 
         }
     }
     if disconnect {
-        assert!(snapshots_installed, "no lagging follower ever caught up through a snapshot");
+        assert!(
+            snapshots_installed,
+            "no lagging follower ever caught up through a snapshot"
+        );
     }
 }
 
@@ -169,7 +183,10 @@ fn snapshot_init() {
         let command = random_cmd(&mut c);
         c.one(command, servers, true);
     }
-    assert!(c.nodes.iter().all(|n| n.disk.snapshot.0.index > 0), "every node should have snapshotted");
+    assert!(
+        c.nodes.iter().all(|n| n.disk.snapshot.0.index > 0),
+        "every node should have snapshotted"
+    );
     for id in 1..=servers as u64 {
         crash(&mut c, id);
     }

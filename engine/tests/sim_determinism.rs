@@ -2,6 +2,8 @@
 //! invariants. Seeds that once failed during development stay here as
 //! regression tests.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use flotilla_engine::sim::scenario::{run_seed, ScenarioOptions};
 
 #[test]
@@ -10,7 +12,10 @@ fn same_seed_same_trace_hash() {
     for seed in [0, 7, 1234] {
         let a = run_seed(seed, &options);
         let b = run_seed(seed, &options);
-        assert_eq!(a.trace_hash, b.trace_hash, "seed {seed} is not reproducible");
+        assert_eq!(
+            a.trace_hash, b.trace_hash,
+            "seed {seed} is not reproducible"
+        );
         assert_eq!(a.committed, b.committed);
     }
 }
@@ -30,13 +35,20 @@ fn randomized_scenarios_hold_every_invariant() {
     let mut changes = 0;
     for seed in 0..40 {
         let report = run_seed(seed, &options);
-        assert!(report.violations.is_empty(), "seed {seed}: {:?}", report.violations);
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed}: {:?}",
+            report.violations
+        );
         commits += report.committed;
         changes += report.membership_changes;
     }
     // The scenarios must actually exercise the system, or passing means nothing.
     assert!(commits > 40 * 20, "only {commits} commits over 40 seeds");
-    assert!(changes > 20, "only {changes} membership changes over 40 seeds");
+    assert!(
+        changes > 20,
+        "only {changes} membership changes over 40 seeds"
+    );
 }
 
 /// Seeds that failed during development, each for the bug named. The seeds'
@@ -45,12 +57,28 @@ fn randomized_scenarios_hold_every_invariant() {
 fn regression_seeds() {
     let options = ScenarioOptions::default();
     for (seed, bug) in [
-        (9115, "snapshot install discarded acknowledged entries; probe loop amplified by duplicates"),
-        (1925, "cores seeded by XOR drew identical election timeouts and split every vote"),
-        (563, "refusing a stale candidate's vote reset the election timer, starving able candidates"),
-        (19811, "checker flagged a stale leader for lacking an entry committed in a later term"),
+        (
+            9115,
+            "snapshot install discarded acknowledged entries; probe loop amplified by duplicates",
+        ),
+        (
+            1925,
+            "cores seeded by XOR drew identical election timeouts and split every vote",
+        ),
+        (
+            563,
+            "refusing a stale candidate's vote reset the election timer, starving able candidates",
+        ),
+        (
+            19811,
+            "checker flagged a stale leader for lacking an entry committed in a later term",
+        ),
     ] {
         let report = run_seed(seed, &options);
-        assert!(report.violations.is_empty(), "seed {seed} ({bug}): {:?}", report.violations);
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed} ({bug}): {:?}",
+            report.violations
+        );
     }
 }

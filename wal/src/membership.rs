@@ -59,7 +59,8 @@ impl Membership {
     /// True if the votes (or acknowledgements) in `granted` form a quorum: a
     /// majority of `voters`, and of `outgoing` too while joint.
     pub fn has_quorum(&self, granted: impl Fn(NodeId) -> bool) -> bool {
-        majority_of(&self.voters, &granted) && (self.outgoing.is_empty() || majority_of(&self.outgoing, &granted))
+        majority_of(&self.voters, &granted)
+            && (self.outgoing.is_empty() || majority_of(&self.outgoing, &granted))
     }
 
     /// True if the rejections in `rejected` make a quorum impossible.

@@ -72,12 +72,17 @@ impl Config {
             return bad("heartbeat_ticks must be at least 1 and below election_timeout_ticks");
         }
         if self.lease_ticks >= self.election_timeout_ticks {
-            return bad("lease_ticks must be below election_timeout_ticks, or lease reads are unsafe");
+            return bad(
+                "lease_ticks must be below election_timeout_ticks, or lease reads are unsafe",
+            );
         }
         if self.max_inflight_msgs == 0 || self.max_inflight_bytes == 0 {
             return bad("max_inflight_msgs and max_inflight_bytes must be at least 1");
         }
-        if self.max_append_bytes == 0 || self.snapshot_chunk_bytes == 0 || self.max_uncommitted_bytes == 0 {
+        if self.max_append_bytes == 0
+            || self.snapshot_chunk_bytes == 0
+            || self.max_uncommitted_bytes == 0
+        {
             return bad("max_append_bytes, snapshot_chunk_bytes and max_uncommitted_bytes must be at least 1");
         }
         Ok(())

@@ -132,7 +132,11 @@ impl RaftCore {
     pub fn new(cfg: Config, restore: RestoreState) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let applied = restore.applied.max(restore.snapshot.index);
-        let log = RaftLog::new(restore.snapshot, restore.entries, restore.hard_state.commit.max(applied));
+        let log = RaftLog::new(
+            restore.snapshot,
+            restore.entries,
+            restore.hard_state.commit.max(applied),
+        );
         if applied > log.last_index() {
             return Err(ConfigError(format!(
                 "applied index {applied} is beyond the recovered log's last index {}",
@@ -224,7 +228,8 @@ impl RaftCore {
 
     /// Entries currently held in memory after the snapshot, in order (for inspection).
     pub fn log_entries(&self) -> Vec<Entry> {
-        self.log.slice(self.log.first_index(), self.log.last_index(), u64::MAX)
+        self.log
+            .slice(self.log.first_index(), self.log.last_index(), u64::MAX)
     }
 
     /// Role, term, indexes and per-peer replication state.
@@ -303,7 +308,9 @@ impl RaftCore {
         }
         self.persisted_seq = seq;
         while self.issued.front().is_some_and(|i| i.seq <= seq) {
-            let Some(done) = self.issued.pop_front() else { break };
+            let Some(done) = self.issued.pop_front() else {
+                break;
+            };
             if let Some(last) = done.last_index {
                 self.persisted_index = last;
             }
@@ -311,8 +318,14 @@ impl RaftCore {
                 self.applied = self.applied.max(index);
             }
         }
-        while self.held.front().is_some_and(|(required, _)| *required <= seq) {
-            let Some((_, msg)) = self.held.pop_front() else { break };
+        while self
+            .held
+            .front()
+            .is_some_and(|(required, _)| *required <= seq)
+        {
+            let Some((_, msg)) = self.held.pop_front() else {
+                break;
+            };
             if msg.to == self.cfg.id {
                 self.step_local(msg);
             } else {
@@ -332,7 +345,11 @@ impl RaftCore {
     /// Queues a message that promises durable state: it leaves only once the
     /// state it reflects has been persisted.
     pub(crate) fn respond(&mut self, msg: Message) {
-        let required = if self.unstable.is_dirty() { self.next_seq } else { self.next_seq - 1 };
+        let required = if self.unstable.is_dirty() {
+            self.next_seq
+        } else {
+            self.next_seq - 1
+        };
         if required <= self.persisted_seq && self.held.is_empty() {
             if msg.to == self.cfg.id {
                 self.step_local(msg);
@@ -370,12 +387,15 @@ impl RaftCore {
 
     /// Appends entries to the in-memory log and schedules them for persistence.
     pub(crate) fn append_entries(&mut self, entries: Vec<Entry>) {
-        let Some(first) = entries.first().map(|e| e.index) else { return };
+        let Some(first) = entries.first().map(|e| e.index) else {
+            return;
+        };
         if first <= self.log.last_index() {
             self.forget_persisted_from(first);
         }
         self.log.append(entries);
-        self.unstable.entries_from = Some(self.unstable.entries_from.map_or(first, |f| f.min(first)));
+        self.unstable.entries_from =
+            Some(self.unstable.entries_from.map_or(first, |f| f.min(first)));
     }
 
     /// Entries from `index` on are being replaced: what was persisted of them no longer counts.
@@ -403,7 +423,11 @@ impl RaftCore {
         }
         let unstable = std::mem::take(&mut self.unstable);
         let entries = match unstable.entries_from {
-            Some(from) => self.log.slice(from.max(self.log.first_index()), self.log.last_index(), u64::MAX),
+            Some(from) => self.log.slice(
+                from.max(self.log.first_index()),
+                self.log.last_index(),
+                u64::MAX,
+            ),
             None => Vec::new(),
         };
         let touches_log = unstable.entries_from.is_some() || unstable.install_snapshot.is_some();
@@ -446,7 +470,9 @@ impl RaftCore {
         if self.applied >= limit {
             return Vec::new();
         }
-        let entries = self.log.slice(self.applied + 1, limit, self.cfg.max_uncommitted_bytes);
+        let entries = self
+            .log
+            .slice(self.applied + 1, limit, self.cfg.max_uncommitted_bytes);
         if let Some(last) = entries.last() {
             self.applied = last.index;
         }

@@ -18,12 +18,16 @@ impl RaftCore {
 
     /// True while this node has heard from a leader within the election timeout.
     pub(crate) fn in_leader_lease(&self) -> bool {
-        self.cfg.check_quorum && self.leader != 0 && self.election_elapsed < self.cfg.election_timeout_ticks
+        self.cfg.check_quorum
+            && self.leader != 0
+            && self.election_elapsed < self.cfg.election_timeout_ticks
     }
 
     pub(crate) fn tick_election(&mut self) {
         self.election_elapsed += 1;
-        if self.election_elapsed >= self.randomized_election_timeout && self.membership().is_voter(self.cfg.id) {
+        if self.election_elapsed >= self.randomized_election_timeout
+            && self.membership().is_voter(self.cfg.id)
+        {
             self.election_elapsed = 0;
             self.start_election();
         }
@@ -48,7 +52,13 @@ impl RaftCore {
         self.reset_election_timer();
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         for id in self.voters_except_me() {
-            let mut msg = self.message(id, MessageBody::PreVote { last_index, last_term });
+            let mut msg = self.message(
+                id,
+                MessageBody::PreVote {
+                    last_index,
+                    last_term,
+                },
+            );
             msg.term = self.term + 1;
             self.outbox.push(msg);
         }
@@ -63,17 +73,34 @@ impl RaftCore {
         self.reset_election_timer();
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         for id in self.voters_except_me() {
-            self.send(id, MessageBody::RequestVote { last_index, last_term, transfer });
+            self.send(
+                id,
+                MessageBody::RequestVote {
+                    last_index,
+                    last_term,
+                    transfer,
+                },
+            );
         }
         // Our own vote counts only once it is durable: a vote forgotten in a
         // crash could be cast again for someone else in the same term.
-        let own_vote = self.message(self.cfg.id, MessageBody::RequestVoteResponse { granted: true });
+        let own_vote = self.message(
+            self.cfg.id,
+            MessageBody::RequestVoteResponse { granted: true },
+        );
         self.respond(own_vote);
     }
 
     fn voters_except_me(&self) -> Vec<NodeId> {
         let m = self.membership();
-        m.voters.iter().chain(&m.outgoing).copied().filter(|id| *id != self.cfg.id).collect::<std::collections::BTreeSet<_>>().into_iter().collect()
+        m.voters
+            .iter()
+            .chain(&m.outgoing)
+            .copied()
+            .filter(|id| *id != self.cfg.id)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
     }
 
     /// Records a (pre-)vote and acts once the outcome is decided.
@@ -139,7 +166,9 @@ impl RaftCore {
         let next = self.log.last_index() + 1;
         self.progress.retain(|id, _| members.contains(id));
         for id in members {
-            self.progress.entry(id).or_insert_with(|| Progress::new(next));
+            self.progress
+                .entry(id)
+                .or_insert_with(|| Progress::new(next));
         }
         let me = self.cfg.id;
         let persisted = self.persisted_index;
@@ -157,9 +186,9 @@ impl RaftCore {
             if self.cfg.check_quorum {
                 let me = self.cfg.id;
                 let progress = &self.progress;
-                let active = self
-                    .membership()
-                    .has_quorum(|id| id == me || progress.get(&id).is_some_and(|p| p.recent_active));
+                let active = self.membership().has_quorum(|id| {
+                    id == me || progress.get(&id).is_some_and(|p| p.recent_active)
+                });
                 if !active {
                     self.become_follower(self.term, 0);
                     return;

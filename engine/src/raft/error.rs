@@ -17,7 +17,9 @@ pub enum ProposeError {
         leader_hint: NodeId,
     },
     /// Too many uncommitted bytes at the leader; retry after a short back-off.
-    #[error("leader overloaded: {uncommitted_bytes} uncommitted bytes, limit {limit}; retry later")]
+    #[error(
+        "leader overloaded: {uncommitted_bytes} uncommitted bytes, limit {limit}; retry later"
+    )]
     Overloaded {
         /// Bytes currently uncommitted.
         uncommitted_bytes: u64,

@@ -70,7 +70,9 @@ impl RaftLog {
         let mut bytes = 0;
         let mut index = lo;
         while index <= hi {
-            let Some(entry) = self.entry(index) else { break };
+            let Some(entry) = self.entry(index) else {
+                break;
+            };
             bytes += entry.size_bytes();
             if !out.is_empty() && bytes > max_bytes {
                 break;
@@ -83,7 +85,8 @@ impl RaftLog {
 
     /// Is a log ending at (`last_index`, `last_term`) at least as up to date as ours (§5.4.1)?
     pub(crate) fn is_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
-        last_term > self.last_term() || (last_term == self.last_term() && last_index >= self.last_index())
+        last_term > self.last_term()
+            || (last_term == self.last_term() && last_index >= self.last_index())
     }
 
     /// Appends entries, truncating whatever follows `entries[0].index - 1` first.
@@ -102,7 +105,10 @@ impl RaftLog {
 
     /// The first index at which `entries` disagree with the log, if any.
     pub(crate) fn find_conflict(&self, entries: &[Entry]) -> Option<Index> {
-        entries.iter().find(|e| !self.matches(e.index, e.term)).map(|e| e.index)
+        entries
+            .iter()
+            .find(|e| !self.matches(e.index, e.term))
+            .map(|e| e.index)
     }
 
     /// First index of the run of `term` that contains `index` (bounded by the snapshot).
@@ -116,7 +122,11 @@ impl RaftLog {
 
     /// Last index holding an entry of `term`, if the uncompacted log has one.
     pub(crate) fn last_index_of_term(&self, term: Term) -> Option<Index> {
-        self.entries.iter().rev().find(|e| e.term == term).map(|e| e.index)
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.term == term)
+            .map(|e| e.index)
     }
 
     /// The latest membership, and the index of the entry that set it (0 for the snapshot's).

@@ -35,7 +35,9 @@ impl RaftCore {
         match change {
             MembershipChange::AddLearner(id) => {
                 if id == 0 || current.is_voter(id) {
-                    return Err(ProposeError::Invalid(format!("node {id} is already a voter or is 0")));
+                    return Err(ProposeError::Invalid(format!(
+                        "node {id} is already a voter or is 0"
+                    )));
                 }
                 next.learners.insert(id);
             }
@@ -67,7 +69,9 @@ impl RaftCore {
             }
             MembershipChange::ReplaceVoters(voters) => {
                 if voters.is_empty() || voters.contains(&0) {
-                    return Err(ProposeError::Invalid("the voter set must be non-empty and not name node 0".into()));
+                    return Err(ProposeError::Invalid(
+                        "the voter set must be non-empty and not name node 0".into(),
+                    ));
                 }
                 next.learners.retain(|id| !voters.contains(id));
                 next.outgoing = current.voters.clone();
@@ -82,7 +86,11 @@ impl RaftCore {
 
     fn append_membership(&mut self, membership: Membership) -> Index {
         let index = self.log.last_index() + 1;
-        let entry = Entry { term: self.term, index, payload: EntryPayload::Membership(membership) };
+        let entry = Entry {
+            term: self.term,
+            index,
+            payload: EntryPayload::Membership(membership),
+        };
         self.append_leader_entry(entry);
         self.broadcast_append();
         index
@@ -110,13 +118,17 @@ impl RaftCore {
     /// until it completes or an election timeout passes.
     pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader { leader_hint: self.leader });
+            return Err(ProposeError::NotLeader {
+                leader_hint: self.leader,
+            });
         }
         if target == self.cfg.id {
             return Ok(());
         }
         if !self.membership().is_voter(target) {
-            return Err(ProposeError::Invalid(format!("node {target} is not a voter")));
+            return Err(ProposeError::Invalid(format!(
+                "node {target} is not a voter"
+            )));
         }
         self.transfer = Some((target, 0));
         if !self.maybe_finish_transfer(target) {
@@ -127,8 +139,12 @@ impl RaftCore {
 
     /// Sends TimeoutNow once the transfer target has our whole log.
     pub(crate) fn maybe_finish_transfer(&mut self, from: NodeId) -> bool {
-        let Some((target, _)) = self.transfer else { return false };
-        if target != from || self.progress.get(&from).map_or(0, |p| p.match_index) != self.log.last_index() {
+        let Some((target, _)) = self.transfer else {
+            return false;
+        };
+        if target != from
+            || self.progress.get(&from).map_or(0, |p| p.match_index) != self.log.last_index()
+        {
             return false;
         }
         self.send(target, MessageBody::TimeoutNow);

@@ -59,7 +59,9 @@ impl RaftCore {
     /// with `ctx` and the index to wait for appears in a later `Ready`.
     pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader { leader_hint: self.leader });
+            return Err(ProposeError::NotLeader {
+                leader_hint: self.leader,
+            });
         }
         if !self.committed_in_current_term() {
             self.reads.awaiting_commit.push(ctx);
@@ -73,7 +75,9 @@ impl RaftCore {
     /// any message. Falls back to nothing: on `LeaseExpired` use `read_index`.
     pub fn read_lease(&mut self, ctx: u64) -> Result<ReadState, ProposeError> {
         if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader { leader_hint: self.leader });
+            return Err(ProposeError::NotLeader {
+                leader_hint: self.leader,
+            });
         }
         if !self.committed_in_current_term() {
             return Err(ProposeError::LeaderNotReady);
@@ -81,7 +85,10 @@ impl RaftCore {
         if self.transfer.is_some() || !self.lease_valid() {
             return Err(ProposeError::LeaseExpired);
         }
-        Ok(ReadState { ctx, index: self.log.committed })
+        Ok(ReadState {
+            ctx,
+            index: self.log.committed,
+        })
     }
 
     /// True while a quorum acknowledged a heartbeat round sent less than `lease_ticks` ago.
@@ -107,7 +114,9 @@ impl RaftCore {
     fn queue_read(&mut self, ctx: u64) {
         let index = self.log.committed;
         let round = self.reads.round + 1;
-        self.reads.pending.push_back(PendingRead { ctx, index, round });
+        self.reads
+            .pending
+            .push_back(PendingRead { ctx, index, round });
         self.reads.round_wanted = true;
     }
 
@@ -128,8 +137,13 @@ impl RaftCore {
             .membership()
             .committed_index(|id| progress.get(&id).map_or(0, |p| p.acked_round));
         while self.reads.pending.front().is_some_and(|r| r.round <= acked) {
-            let Some(read) = self.reads.pending.pop_front() else { break };
-            self.read_states.push(ReadState { ctx: read.ctx, index: read.index });
+            let Some(read) = self.reads.pending.pop_front() else {
+                break;
+            };
+            self.read_states.push(ReadState {
+                ctx: read.ctx,
+                index: read.index,
+            });
         }
     }
 }

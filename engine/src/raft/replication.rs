@@ -20,7 +20,9 @@ impl RaftCore {
             payload: EntryPayload::Normal(data),
         };
         let size = entry.size_bytes();
-        if self.uncommitted_bytes > 0 && self.uncommitted_bytes + size > self.cfg.max_uncommitted_bytes {
+        if self.uncommitted_bytes > 0
+            && self.uncommitted_bytes + size > self.cfg.max_uncommitted_bytes
+        {
             return Err(ProposeError::Overloaded {
                 uncommitted_bytes: self.uncommitted_bytes,
                 limit: self.cfg.max_uncommitted_bytes,
@@ -34,7 +36,9 @@ impl RaftCore {
 
     pub(crate) fn check_can_propose(&self) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader { leader_hint: self.leader });
+            return Err(ProposeError::NotLeader {
+                leader_hint: self.leader,
+            });
         }
         if let Some((target, _)) = self.transfer {
             return Err(ProposeError::TransferInProgress(target));
@@ -52,7 +56,12 @@ impl RaftCore {
     }
 
     pub(crate) fn broadcast_append(&mut self) {
-        let peers: Vec<NodeId> = self.progress.keys().copied().filter(|id| *id != self.cfg.id).collect();
+        let peers: Vec<NodeId> = self
+            .progress
+            .keys()
+            .copied()
+            .filter(|id| *id != self.cfg.id)
+            .collect();
         for id in peers {
             self.send_append(id);
         }
@@ -73,7 +82,9 @@ impl RaftCore {
 
     fn send_append_inner(&mut self, to: NodeId, allow_empty: bool) -> bool {
         let (max_msgs, max_bytes) = (self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes);
-        let Some(pr) = self.progress.get(&to) else { return false };
+        let Some(pr) = self.progress.get(&to) else {
+            return false;
+        };
         if pr.is_paused(max_msgs, max_bytes) {
             return false;
         }
@@ -83,7 +94,9 @@ impl RaftCore {
             self.start_snapshot_transfer(to);
             return true;
         };
-        let entries = self.log.slice(next, self.log.last_index(), self.cfg.max_append_bytes);
+        let entries = self
+            .log
+            .slice(next, self.log.last_index(), self.cfg.max_append_bytes);
         let is_probe = pr.state == ReplicationState::Probe;
         if !is_probe && entries.is_empty() && !allow_empty {
             return false;
@@ -99,26 +112,50 @@ impl RaftCore {
                 pr.inflight.add(last, bytes);
             }
         }
-        self.send(to, MessageBody::Append { prev_index, prev_term, entries, commit });
+        self.send(
+            to,
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            },
+        );
         true
     }
 
     /// Follower side of an append (§5.3) with the conflict hint of the
     /// "accelerated log backtracking" optimisation.
-    pub(crate) fn handle_append(&mut self, from: NodeId, prev_index: Index, prev_term: Term, entries: Vec<Entry>, commit: Index) {
+    pub(crate) fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_index: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+    ) {
         if prev_index < self.log.committed {
             // Everything up to our commit index matches any leader's log.
             let match_index = self.log.committed;
-            let reply = self.message(from, MessageBody::AppendResponse(AppendResponse::Success { match_index }));
+            let reply = self.message(
+                from,
+                MessageBody::AppendResponse(AppendResponse::Success { match_index }),
+            );
             self.respond(reply);
             return;
         }
         if !self.log.matches(prev_index, prev_term) {
             let (conflict_term, conflict_index) = match self.log.term(prev_index) {
-                Some(term) if prev_index <= self.log.last_index() => (term, self.log.first_index_of_term(prev_index, term)),
+                Some(term) if prev_index <= self.log.last_index() => {
+                    (term, self.log.first_index_of_term(prev_index, term))
+                }
                 _ => (0, self.log.last_index() + 1),
             };
-            let resp = AppendResponse::Reject { rejected_index: prev_index, conflict_term, conflict_index };
+            let resp = AppendResponse::Reject {
+                rejected_index: prev_index,
+                conflict_term,
+                conflict_index,
+            };
             let reply = self.message(from, MessageBody::AppendResponse(resp));
             self.respond(reply);
             return;
@@ -132,13 +169,20 @@ impl RaftCore {
         if new_commit > self.log.committed {
             self.log.committed = new_commit;
         }
-        let reply = self.message(from, MessageBody::AppendResponse(AppendResponse::Success { match_index: last_new }));
+        let reply = self.message(
+            from,
+            MessageBody::AppendResponse(AppendResponse::Success {
+                match_index: last_new,
+            }),
+        );
         self.respond(reply);
     }
 
     pub(crate) fn handle_append_response(&mut self, from: NodeId, resp: AppendResponse) {
         let last_index = self.log.last_index();
-        let Some(pr) = self.progress.get_mut(&from) else { return };
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
         pr.recent_active = true;
         match resp {
             AppendResponse::Success { match_index } => {
@@ -152,7 +196,11 @@ impl RaftCore {
                 while self.send_append(from) {}
                 self.maybe_finish_transfer(from);
             }
-            AppendResponse::Reject { rejected_index, conflict_term, conflict_index } => {
+            AppendResponse::Reject {
+                rejected_index,
+                conflict_term,
+                conflict_index,
+            } => {
                 let stale = match pr.state {
                     ReplicationState::Replicate => rejected_index <= pr.match_index,
                     ReplicationState::Probe => rejected_index + 1 != pr.next_index,
@@ -169,7 +217,9 @@ impl RaftCore {
                 } else {
                     conflict_index
                 };
-                let Some(pr) = self.progress.get_mut(&from) else { return };
+                let Some(pr) = self.progress.get_mut(&from) else {
+                    return;
+                };
                 pr.become_probe();
                 // Never past the rejected index; normally not below match + 1 either,
                 // unless the follower says it lacks entries it once acknowledged.
@@ -194,7 +244,12 @@ impl RaftCore {
         }
         let before = self.log.committed;
         self.log.committed = quorum_index;
-        let released: u64 = self.log.slice(before + 1, quorum_index, u64::MAX).iter().map(Entry::size_bytes).sum();
+        let released: u64 = self
+            .log
+            .slice(before + 1, quorum_index, u64::MAX)
+            .iter()
+            .map(Entry::size_bytes)
+            .sum();
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(released);
         self.on_commit_advanced();
         true
@@ -230,11 +285,17 @@ impl RaftCore {
         let last_index = self.log.last_index();
         // A round we never sent (a confused or malicious peer) must not confirm future reads.
         let round = round.min(self.reads.current_round());
-        let Some(pr) = self.progress.get_mut(&from) else { return };
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
         pr.recent_active = true;
         pr.probe_sent = false;
         pr.acked_round = pr.acked_round.max(round);
-        if pr.state == ReplicationState::Replicate && pr.inflight.is_full(self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes) {
+        if pr.state == ReplicationState::Replicate
+            && pr
+                .inflight
+                .is_full(self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes)
+        {
             pr.inflight.free_first();
         }
         if pr.match_index < last_index {

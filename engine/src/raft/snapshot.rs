@@ -17,7 +17,10 @@ impl RaftCore {
     pub fn compact(&mut self, index: Index) -> Result<SnapshotMeta, CompactError> {
         let safe = self.applied.min(self.persisted_index);
         if index > safe {
-            return Err(CompactError::NotApplied { index, applied: safe });
+            return Err(CompactError::NotApplied {
+                index,
+                applied: safe,
+            });
         }
         if index <= self.log.snapshot().index {
             return Ok(self.log.snapshot().clone());
@@ -36,15 +39,30 @@ impl RaftCore {
     }
 
     fn request_chunk(&mut self, to: NodeId) {
-        let Some(pr) = self.progress.get_mut(&to) else { return };
-        let ReplicationState::Snapshot { acked_offset, chunk_outstanding, idle_ticks, .. } = &mut pr.state else {
+        let Some(pr) = self.progress.get_mut(&to) else {
             return;
         };
-        let Some(meta) = pr.sending_snapshot.clone() else { return };
+        let ReplicationState::Snapshot {
+            acked_offset,
+            chunk_outstanding,
+            idle_ticks,
+            ..
+        } = &mut pr.state
+        else {
+            return;
+        };
+        let Some(meta) = pr.sending_snapshot.clone() else {
+            return;
+        };
         *chunk_outstanding = true;
         *idle_ticks = 0;
         let offset = *acked_offset;
-        self.snapshot_reads.push(SnapshotChunkRequest { to, meta, offset, max_bytes: self.cfg.snapshot_chunk_bytes });
+        self.snapshot_reads.push(SnapshotChunkRequest {
+            to,
+            meta,
+            offset,
+            max_bytes: self.cfg.snapshot_chunk_bytes,
+        });
     }
 
     /// Hands over a chunk the runtime read for `to`; it goes out if the transfer still wants it.
@@ -52,12 +70,25 @@ impl RaftCore {
         if self.role != Role::Leader {
             return;
         }
-        let Some(pr) = self.progress.get(&to) else { return };
+        let Some(pr) = self.progress.get(&to) else {
+            return;
+        };
         let wanted = matches!(pr.state, ReplicationState::Snapshot { index, acked_offset, .. }
             if index == chunk.snapshot_index && acked_offset == chunk.offset);
-        let Some(meta) = pr.sending_snapshot.clone().filter(|m| m.term == chunk.snapshot_term) else { return };
+        let Some(meta) = pr
+            .sending_snapshot
+            .clone()
+            .filter(|m| m.term == chunk.snapshot_term)
+        else {
+            return;
+        };
         if wanted {
-            let body = MessageBody::InstallSnapshot { meta, offset: chunk.offset, data: chunk.data, done: chunk.done };
+            let body = MessageBody::InstallSnapshot {
+                meta,
+                offset: chunk.offset,
+                data: chunk.data,
+                done: chunk.done,
+            };
             self.send(to, body);
         }
     }
@@ -70,7 +101,14 @@ impl RaftCore {
         }
     }
 
-    pub(crate) fn handle_snapshot_chunk(&mut self, from: NodeId, meta: SnapshotMeta, offset: u64, data: Vec<u8>, done: bool) {
+    pub(crate) fn handle_snapshot_chunk(
+        &mut self,
+        from: NodeId,
+        meta: SnapshotMeta,
+        offset: u64,
+        data: Vec<u8>,
+        done: bool,
+    ) {
         let snapshot_index = meta.index;
         let already_covered = meta.index <= self.log.committed;
         if already_covered || self.log.matches(meta.index, meta.term) {
@@ -81,7 +119,11 @@ impl RaftCore {
                 self.log.committed = meta.index;
             }
             self.staging = None;
-            let body = MessageBody::InstallSnapshotResponse { snapshot_index, next_offset: 0, done: true };
+            let body = MessageBody::InstallSnapshotResponse {
+                snapshot_index,
+                next_offset: 0,
+                done: true,
+            };
             let reply = self.message(from, body);
             self.respond(reply);
             return;
@@ -91,28 +133,49 @@ impl RaftCore {
             _ => 0,
         };
         if offset != expected {
-            let body = MessageBody::InstallSnapshotResponse { snapshot_index, next_offset: expected, done: false };
+            let body = MessageBody::InstallSnapshotResponse {
+                snapshot_index,
+                next_offset: expected,
+                done: false,
+            };
             let reply = self.message(from, body);
             self.respond(reply);
             return;
         }
         let next_offset = offset + data.len() as u64;
-        self.unstable.stage_chunks.push(StagedChunk { meta: meta.clone(), offset, data });
+        self.unstable.stage_chunks.push(StagedChunk {
+            meta: meta.clone(),
+            offset,
+            data,
+        });
         if done {
             self.staging = None;
             self.restore_snapshot(meta);
         } else {
             self.staging = Some((meta, next_offset));
         }
-        let body = MessageBody::InstallSnapshotResponse { snapshot_index, next_offset, done };
+        let body = MessageBody::InstallSnapshotResponse {
+            snapshot_index,
+            next_offset,
+            done,
+        };
         let reply = self.message(from, body);
         self.respond(reply);
     }
 
-    pub(crate) fn handle_snapshot_response(&mut self, from: NodeId, snapshot_index: Index, next_offset: u64, done: bool) {
-        let Some(pr) = self.progress.get_mut(&from) else { return };
+    pub(crate) fn handle_snapshot_response(
+        &mut self,
+        from: NodeId,
+        snapshot_index: Index,
+        next_offset: u64,
+        done: bool,
+    ) {
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
         pr.recent_active = true;
-        let in_transfer = matches!(pr.state, ReplicationState::Snapshot { index, .. } if index == snapshot_index);
+        let in_transfer =
+            matches!(pr.state, ReplicationState::Snapshot { index, .. } if index == snapshot_index);
         if done {
             pr.update_match(snapshot_index);
             if in_transfer || pr.state == ReplicationState::Probe {
@@ -124,7 +187,12 @@ impl RaftCore {
         if !in_transfer {
             return;
         }
-        if let ReplicationState::Snapshot { acked_offset, chunk_outstanding, .. } = &mut pr.state {
+        if let ReplicationState::Snapshot {
+            acked_offset,
+            chunk_outstanding,
+            ..
+        } = &mut pr.state
+        {
             if !*chunk_outstanding {
                 return;
             }
@@ -139,7 +207,12 @@ impl RaftCore {
         let timeout = self.cfg.election_timeout_ticks;
         let mut stalled = Vec::new();
         for (id, pr) in self.progress.iter_mut() {
-            if let ReplicationState::Snapshot { chunk_outstanding, idle_ticks, .. } = &mut pr.state {
+            if let ReplicationState::Snapshot {
+                chunk_outstanding,
+                idle_ticks,
+                ..
+            } = &mut pr.state
+            {
                 *idle_ticks += 1;
                 if *idle_ticks >= timeout {
                     *chunk_outstanding = false;

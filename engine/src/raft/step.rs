@@ -37,23 +37,28 @@ impl RaftCore {
     pub(crate) fn step_local(&mut self, msg: Message) {
         if msg.term > self.term {
             match &msg.body {
-                MessageBody::PreVote { .. } | MessageBody::RequestVote { transfer: false, .. }
-                    if self.in_leader_lease() =>
-                {
+                MessageBody::PreVote { .. }
+                | MessageBody::RequestVote {
+                    transfer: false, ..
+                } if self.in_leader_lease() => {
                     // We heard from a live leader within the election timeout: a
                     // rejoining node must not disrupt it (§9.6 of the Raft thesis).
                     return;
                 }
                 MessageBody::PreVote { .. } => {}
                 MessageBody::PreVoteResponse { granted: true } => {}
-                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
+                MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. } => {
                     self.become_follower(msg.term, msg.from);
                 }
                 _ => self.become_follower(msg.term, 0),
             }
         } else if msg.term < self.term {
             match msg.body {
-                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
+                MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. } => {
                     // A deposed leader: tell it our term so it steps down, which
                     // PreVote/CheckQuorum would otherwise keep it from learning.
                     self.send(
@@ -70,7 +75,10 @@ impl RaftCore {
         }
 
         match msg.body {
-            MessageBody::PreVote { last_index, last_term } => {
+            MessageBody::PreVote {
+                last_index,
+                last_term,
+            } => {
                 let granted = msg.term > self.term && self.log.is_up_to_date(last_index, last_term);
                 let mut reply = self.message(msg.from, MessageBody::PreVoteResponse { granted });
                 if granted {
@@ -78,7 +86,11 @@ impl RaftCore {
                 }
                 self.outbox.push(reply);
             }
-            MessageBody::RequestVote { last_index, last_term, .. } => {
+            MessageBody::RequestVote {
+                last_index,
+                last_term,
+                ..
+            } => {
                 let can_vote = self.vote == msg.from || (self.vote == 0 && self.leader == 0);
                 let granted = can_vote && self.log.is_up_to_date(last_index, last_term);
                 if granted {
@@ -98,7 +110,12 @@ impl RaftCore {
                     self.poll(msg.from, granted);
                 }
             }
-            MessageBody::Append { prev_index, prev_term, entries, commit } => {
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => {
                 self.follow(msg.from);
                 self.handle_append(msg.from, prev_index, prev_term, entries, commit);
             }
@@ -106,7 +123,12 @@ impl RaftCore {
                 self.follow(msg.from);
                 self.handle_heartbeat(msg.from, commit, round);
             }
-            MessageBody::InstallSnapshot { meta, offset, data, done } => {
+            MessageBody::InstallSnapshot {
+                meta,
+                offset,
+                data,
+                done,
+            } => {
                 self.follow(msg.from);
                 self.handle_snapshot_chunk(msg.from, meta, offset, data, done);
             }
@@ -120,7 +142,11 @@ impl RaftCore {
                     self.handle_heartbeat_response(msg.from, round);
                 }
             }
-            MessageBody::InstallSnapshotResponse { snapshot_index, next_offset, done } => {
+            MessageBody::InstallSnapshotResponse {
+                snapshot_index,
+                next_offset,
+                done,
+            } => {
                 if self.role == Role::Leader {
                     self.handle_snapshot_response(msg.from, snapshot_index, next_offset, done);
                 }

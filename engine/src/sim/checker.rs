@@ -55,7 +55,9 @@ impl Checker {
         match self.leaders.get(&term) {
             Some(other) if *other != id => {
                 let other = *other;
-                self.violation(format!("two leaders in term {term}: nodes {other} and {id}"));
+                self.violation(format!(
+                    "two leaders in term {term}: nodes {other} and {id}"
+                ));
             }
             Some(_) => {}
             None => {
@@ -73,7 +75,10 @@ impl Checker {
             let key = (entry.index, entry.term);
             if let Some(p) = prev {
                 if p > entry.term {
-                    self.violation(format!("node {node}: term decreases at index {} ({p} then {})", entry.index, entry.term));
+                    self.violation(format!(
+                        "node {node}: term decreases at index {} ({p} then {})",
+                        entry.index, entry.term
+                    ));
                 }
                 match self.written.get(&key) {
                     Some(&(h, pt)) if h != hash || pt != p => self.violation(format!(
@@ -104,7 +109,8 @@ impl Checker {
             }
             Some((_, _, seen)) => *seen = (*seen).min(seen_in_term),
             None => {
-                self.committed.insert(entry.index, (entry.term, hash, seen_in_term));
+                self.committed
+                    .insert(entry.index, (entry.term, hash, seen_in_term));
             }
         }
     }
@@ -119,7 +125,9 @@ impl Checker {
             if seen >= core.term() {
                 continue;
             }
-            let ok = core.entry_at(index).is_some_and(|e| e.term == term && payload_hash(e) == hash);
+            let ok = core
+                .entry_at(index)
+                .is_some_and(|e| e.term == term && payload_hash(e) == hash);
             if !ok {
                 missing = Some((index, term));
                 break;

@@ -101,7 +101,11 @@ impl Cluster {
         let mut nodes = Vec::new();
         for id in 1..=opts.nodes as u64 {
             let snapshot = SnapshotMeta {
-                membership: if id as usize <= opts.voters { membership.clone() } else { Membership::default() },
+                membership: if id as usize <= opts.voters {
+                    membership.clone()
+                } else {
+                    Membership::default()
+                },
                 ..SnapshotMeta::default()
             };
             let mut config = opts.config.clone();
@@ -209,7 +213,13 @@ impl Cluster {
         }
         for msg in self.net.due(self.now) {
             let to = msg.to;
-            let Some(core) = self.nodes.get_mut(to as usize - 1).and_then(|n| n.core.as_mut()) else { continue };
+            let Some(core) = self
+                .nodes
+                .get_mut(to as usize - 1)
+                .and_then(|n| n.core.as_mut())
+            else {
+                continue;
+            };
             self.trace.write(&encode_message(&msg));
             if let Some(events) = self.events.as_mut() {
                 if events.len() == events.capacity() {
@@ -265,20 +275,25 @@ impl Cluster {
     fn drain(&mut self, id: NodeId) {
         let idx = id as usize - 1;
         loop {
-            let Some(core) = self.nodes[idx].core.as_mut() else { return };
+            let Some(core) = self.nodes[idx].core.as_mut() else {
+                return;
+            };
             if !core.has_ready() {
                 return;
             }
             let ready = core.take_ready();
             let term = core.term();
             if ready.is_empty() {
-                self.checker.violation(format!("node {id}: has_ready() was true but the Ready is empty"));
+                self.checker.violation(format!(
+                    "node {id}: has_ready() was true but the Ready is empty"
+                ));
                 return;
             }
             if let Some(request) = ready.persist {
                 if let Some(first) = request.entries.first() {
                     let prev_term = core.term_at(first.index - 1);
-                    self.checker.observe_written(id, prev_term, &request.entries);
+                    self.checker
+                        .observe_written(id, prev_term, &request.entries);
                 }
                 self.trace.write_u64(request.seq);
                 let summary = format!(
@@ -291,7 +306,9 @@ impl Cluster {
                     request.stage_chunks.len()
                 );
                 self.event(|| summary);
-                let delay = self.rng.range(self.opts.sync_delay.0, self.opts.sync_delay.1 + 1);
+                let delay = self
+                    .rng
+                    .range(self.opts.sync_delay.0, self.opts.sync_delay.1 + 1);
                 self.nodes[idx].disk.write(self.now + delay, request);
             }
             for msg in ready.messages {
@@ -309,7 +326,9 @@ impl Cluster {
             self.nodes[idx].read_states.extend(ready.read_states);
             for request in ready.snapshot_reads {
                 let node = &mut self.nodes[idx];
-                let Some(core) = node.core.as_mut() else { return };
+                let Some(core) = node.core.as_mut() else {
+                    return;
+                };
                 let (meta, image) = &node.disk.snapshot;
                 if meta.index == request.meta.index && meta.term == request.meta.term {
                     let start = (request.offset as usize).min(image.len());
@@ -335,14 +354,22 @@ impl Cluster {
     /// The application's snapshot policy: every N entries or past a log size.
     fn maybe_snapshot(&mut self, idx: usize) {
         let node = &mut self.nodes[idx];
-        let Some(core) = node.core.as_mut() else { return };
+        let Some(core) = node.core.as_mut() else {
+            return;
+        };
         let snapshot_index = node.disk.snapshot.0.index;
         let applied = node.sm.applied;
         if applied <= snapshot_index || core.applied_index() != applied {
             return;
         }
-        let by_count = self.opts.snapshot_every.is_some_and(|n| applied >= snapshot_index + n);
-        let by_size = self.opts.max_raft_state.is_some_and(|max| node.disk.raft_state_bytes() > max);
+        let by_count = self
+            .opts
+            .snapshot_every
+            .is_some_and(|n| applied >= snapshot_index + n);
+        let by_size = self
+            .opts
+            .max_raft_state
+            .is_some_and(|max| node.disk.raft_state_bytes() > max);
         if !(by_count || by_size) {
             return;
         }
@@ -353,7 +380,9 @@ impl Cluster {
 
     fn check_invariants(&mut self) {
         for idx in 0..self.nodes.len() {
-            let Some(core) = self.nodes[idx].core.as_ref() else { continue };
+            let Some(core) = self.nodes[idx].core.as_ref() else {
+                continue;
+            };
             let is_leader = core.role() == Role::Leader;
             if is_leader {
                 self.checker.observe_leader(core.term(), core.id());
@@ -366,7 +395,8 @@ impl Cluster {
             let from = self.checked_commit[idx].max(core.snapshot_meta().index) + 1;
             for index in from..=commit {
                 if let Some(entry) = core.entry_at(index) {
-                    self.checker.observe_committed(core.id(), entry, core.term());
+                    self.checker
+                        .observe_committed(core.id(), entry, core.term());
                 }
             }
             self.checked_commit[idx] = self.checked_commit[idx].max(commit);
@@ -395,7 +425,8 @@ impl Cluster {
         // A restarted node draws new election timeouts, as a real process would.
         node.config.seed = boot_seed;
         if let Err(e) = node.start() {
-            self.checker.violation(format!("restart of node {id} failed: {e}"));
+            self.checker
+                .violation(format!("restart of node {id} failed: {e}"));
         }
         self.checked_commit[id as usize - 1] = 0;
         self.trace.write(b"restart");

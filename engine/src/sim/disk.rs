@@ -33,7 +33,10 @@ pub(crate) struct Synced {
 
 impl SimDisk {
     pub(crate) fn new(membership_snapshot: SnapshotMeta, image: Vec<u8>) -> Self {
-        SimDisk { snapshot: (membership_snapshot, image), ..SimDisk::default() }
+        SimDisk {
+            snapshot: (membership_snapshot, image),
+            ..SimDisk::default()
+        }
     }
 
     /// Queues a write; it becomes durable at step `sync_at` (not earlier than
@@ -47,7 +50,9 @@ impl SimDisk {
     pub(crate) fn sync_due(&mut self, now: u64) -> Vec<Synced> {
         let mut done = Vec::new();
         while self.pending.front().is_some_and(|(at, _)| *at <= now) {
-            let Some((_, request)) = self.pending.pop_front() else { break };
+            let Some((_, request)) = self.pending.pop_front() else {
+                break;
+            };
             done.push(self.make_durable(request));
         }
         done
@@ -56,7 +61,11 @@ impl SimDisk {
     fn make_durable(&mut self, request: PersistRequest) -> Synced {
         let mut installed = None;
         for chunk in request.stage_chunks {
-            let restart = self.staged.as_ref().is_none_or(|(meta, _)| *meta != chunk.meta) || chunk.offset == 0;
+            let restart = self
+                .staged
+                .as_ref()
+                .is_none_or(|(meta, _)| *meta != chunk.meta)
+                || chunk.offset == 0;
             if restart {
                 self.staged = Some((chunk.meta.clone(), Vec::new()));
             }
@@ -81,7 +90,10 @@ impl SimDisk {
         if let Some(hs) = request.hard_state {
             self.hard_state = hs;
         }
-        Synced { seq: request.seq, installed }
+        Synced {
+            seq: request.seq,
+            installed,
+        }
     }
 
     /// A crash: unsynced writes are gone.
@@ -95,8 +107,16 @@ impl SimDisk {
         RestoreState {
             hard_state: self.hard_state,
             applied: snapshot.index,
-            entries: self.entries.iter().filter(|e| e.index > snapshot.index).cloned().collect(),
-            staged: self.staged.as_ref().map(|(meta, data)| (meta.clone(), data.len() as u64)),
+            entries: self
+                .entries
+                .iter()
+                .filter(|e| e.index > snapshot.index)
+                .cloned()
+                .collect(),
+            staged: self
+                .staged
+                .as_ref()
+                .map(|(meta, data)| (meta.clone(), data.len() as u64)),
             snapshot,
         }
     }

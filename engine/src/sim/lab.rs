@@ -47,7 +47,11 @@ impl Cluster {
                 }
             }
             for (term, leaders) in &by_term {
-                assert!(leaders.len() <= 1, "term {term} has {} leaders: {leaders:?}", leaders.len());
+                assert!(
+                    leaders.len() <= 1,
+                    "term {term} has {} leaders: {leaders:?}",
+                    leaders.len()
+                );
             }
             if let Some((_, leaders)) = by_term.iter().next_back() {
                 return leaders[0];
@@ -77,7 +81,10 @@ impl Cluster {
         for id in 1..=self.size() as u64 {
             if self.connected(id) {
                 let leading = self.core(id).is_some_and(|c| c.role() == Role::Leader);
-                assert!(!leading, "expected no leader among connected servers, but {id} claims to be leader");
+                assert!(
+                    !leading,
+                    "expected no leader among connected servers, but {id} claims to be leader"
+                );
             }
         }
     }
@@ -137,28 +144,48 @@ impl Cluster {
             self.run_ticks(pause);
             pause = (pause * 2).min(SECOND);
             if let Some(term) = start_term {
-                if self.nodes.iter().filter_map(|n| n.core.as_ref()).any(|c| c.term() > term) {
+                if self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.core.as_ref())
+                    .any(|c| c.term() > term)
+                {
                     return None;
                 }
             }
         }
         let (count, value) = self.n_committed(index);
-        assert!(count >= n, "only {count} decided for index {index}; wanted {n}");
+        assert!(
+            count >= n,
+            "only {count} decided for index {index}; wanted {n}"
+        );
         value
     }
 
     /// Lab `setunreliable`.
     pub fn set_unreliable(&mut self, unreliable: bool) {
         let long = self.net.faults.long_delay;
-        self.net.faults = if unreliable { LinkFaults::unreliable() } else { LinkFaults::reliable() };
+        self.net.faults = if unreliable {
+            LinkFaults::unreliable()
+        } else {
+            LinkFaults::reliable()
+        };
         self.net.faults.long_delay = long;
-        self.net.faults.long_delay_max = if long > 0.0 { 2 * SECOND * crate::sim::STEPS_PER_TICK / 3 } else { 0 };
+        self.net.faults.long_delay_max = if long > 0.0 {
+            2 * SECOND * crate::sim::STEPS_PER_TICK / 3
+        } else {
+            0
+        };
     }
 
     /// Lab `setlongreordering`: some messages arrive up to ~2/3 s late.
     pub fn set_long_reordering(&mut self, on: bool) {
         self.net.faults.long_delay = if on { 0.1 } else { 0.0 };
-        self.net.faults.long_delay_max = if on { 2 * SECOND * crate::sim::STEPS_PER_TICK / 3 } else { 0 };
+        self.net.faults.long_delay_max = if on {
+            2 * SECOND * crate::sim::STEPS_PER_TICK / 3
+        } else {
+            0
+        };
     }
 
     /// Lab `rpcTotal`: RPCs (requests; their answers are part of the same RPC) sent so far.

@@ -26,12 +26,24 @@ pub struct LinkFaults {
 impl LinkFaults {
     /// Every message arrives once, quickly, in order.
     pub fn reliable() -> Self {
-        LinkFaults { drop: 0.0, duplicate: 0.0, delay: (1, 3), long_delay: 0.0, long_delay_max: 0 }
+        LinkFaults {
+            drop: 0.0,
+            duplicate: 0.0,
+            delay: (1, 3),
+            long_delay: 0.0,
+            long_delay_max: 0,
+        }
     }
 
     /// The lab's unreliable network: 10% loss, some duplicates, jittered delays.
     pub fn unreliable() -> Self {
-        LinkFaults { drop: 0.1, duplicate: 0.05, delay: (1, 25), long_delay: 0.0, long_delay_max: 0 }
+        LinkFaults {
+            drop: 0.1,
+            duplicate: 0.05,
+            delay: (1, 25),
+            long_delay: 0.0,
+            long_delay_max: 0,
+        }
     }
 }
 
@@ -91,7 +103,13 @@ impl SimNetwork {
         }
     }
 
-    pub(crate) fn send(&mut self, now: u64, msg: Message, encoded_len: usize, rng: &mut SplitMix64) {
+    pub(crate) fn send(
+        &mut self,
+        now: u64,
+        msg: Message,
+        encoded_len: usize,
+        rng: &mut SplitMix64,
+    ) {
         if let Some(count) = self.sent_by.get_mut(msg.from as usize) {
             *count += 1;
         }
@@ -102,14 +120,22 @@ impl SimNetwork {
         if self.is_blocked(msg.from, msg.to) || rng.chance(self.faults.drop) {
             return;
         }
-        let copies = if rng.chance(self.faults.duplicate) { 2 } else { 1 };
+        let copies = if rng.chance(self.faults.duplicate) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let mut delay = rng.range(self.faults.delay.0, self.faults.delay.1 + 1);
             if rng.chance(self.faults.long_delay) {
                 delay += rng.range(0, self.faults.long_delay_max + 1);
             }
             self.seq += 1;
-            self.queue.push(Reverse(InFlight { deliver_at: now + delay, seq: self.seq, msg: msg.clone() }));
+            self.queue.push(Reverse(InFlight {
+                deliver_at: now + delay,
+                seq: self.seq,
+                msg: msg.clone(),
+            }));
         }
     }
 
@@ -117,8 +143,14 @@ impl SimNetwork {
     /// over a link cut while it was in flight is lost.
     pub(crate) fn due(&mut self, now: u64) -> Vec<Message> {
         let mut out = Vec::new();
-        while self.queue.peek().is_some_and(|Reverse(m)| m.deliver_at <= now) {
-            let Some(Reverse(m)) = self.queue.pop() else { break };
+        while self
+            .queue
+            .peek()
+            .is_some_and(|Reverse(m)| m.deliver_at <= now)
+        {
+            let Some(Reverse(m)) = self.queue.pop() else {
+                break;
+            };
             if !self.is_blocked(m.msg.from, m.msg.to) {
                 out.push(m.msg);
             }

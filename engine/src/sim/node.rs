@@ -24,7 +24,10 @@ impl StateMachine {
     /// Applies one committed entry; it must be the next index.
     pub(crate) fn apply(&mut self, entry: &Entry) -> Result<(), String> {
         if entry.index != self.applied + 1 {
-            return Err(format!("applied index {} after {}: out of order", entry.index, self.applied));
+            return Err(format!(
+                "applied index {} after {}: out of order",
+                entry.index, self.applied
+            ));
         }
         self.applied = entry.index;
         if let EntryPayload::Normal(data) = &entry.payload {

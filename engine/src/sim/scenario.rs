@@ -49,7 +49,11 @@ pub struct ScenarioOptions {
 
 impl Default for ScenarioOptions {
     fn default() -> Self {
-        ScenarioOptions { fault_ticks: 2000, liveness_timeouts: 10, trace_events: None }
+        ScenarioOptions {
+            fault_ticks: 2000,
+            liveness_timeouts: 10,
+            trace_events: None,
+        }
     }
 }
 
@@ -87,7 +91,9 @@ pub fn run_seed(seed: u64, options: &ScenarioOptions) -> SeedReport {
             let _ = cluster.propose(id, next_value.to_le_bytes().to_vec());
         }
         cluster.run_ticks(1);
-        if cluster.checker.max_committed() > committed_before_heal && applied_by_majority(&cluster, committed_before_heal + 1) {
+        if cluster.checker.max_committed() > committed_before_heal
+            && applied_by_majority(&cluster, committed_before_heal + 1)
+        {
             resumed = true;
             break;
         }
@@ -118,9 +124,17 @@ fn build(seed: u64) -> Cluster {
     let mut opts = ClusterOptions::new(nodes, seed);
     opts.strict = false;
     // Larger clusters start with one or two nodes outside the group, to be added later.
-    opts.voters = if nodes >= 5 { nodes - rng.range(0, 3) as usize } else { nodes };
+    opts.voters = if nodes >= 5 {
+        nodes - rng.range(0, 3) as usize
+    } else {
+        nodes
+    };
     opts.faults = random_faults(&mut rng);
-    opts.snapshot_every = if rng.chance(0.5) { Some(rng.range(5, 60)) } else { None };
+    opts.snapshot_every = if rng.chance(0.5) {
+        Some(rng.range(5, 60))
+    } else {
+        None
+    };
     opts.sync_delay = (1, rng.range(1, 12));
     opts.config.max_inflight_msgs = rng.range(1, 16) as usize;
     opts.config.max_append_bytes = rng.range(16, 512);
@@ -192,16 +206,28 @@ fn random_fault(c: &mut Cluster, rng: &mut SplitMix64) -> bool {
 }
 
 fn change_membership(c: &mut Cluster, rng: &mut SplitMix64) -> bool {
-    let Some((leader, _)) = c.leaders().into_iter().max_by_key(|(_, term)| *term) else { return false };
-    let Some(membership) = c.core(leader).map(|core| core.membership().clone()) else { return false };
+    let Some((leader, _)) = c.leaders().into_iter().max_by_key(|(_, term)| *term) else {
+        return false;
+    };
+    let Some(membership) = c.core(leader).map(|core| core.membership().clone()) else {
+        return false;
+    };
     let n = c.size() as u64;
-    let outsiders: Vec<NodeId> = (1..=n).filter(|id| !membership.members().contains(id)).collect();
+    let outsiders: Vec<NodeId> = (1..=n)
+        .filter(|id| !membership.members().contains(id))
+        .collect();
     let learners: Vec<NodeId> = membership.learners.iter().copied().collect();
     let voters: Vec<NodeId> = membership.voters.iter().copied().collect();
     let change = match rng.range(0, 4) {
-        0 if !outsiders.is_empty() => MembershipChange::AddLearner(outsiders[rng.range(0, outsiders.len() as u64) as usize]),
-        1 if !learners.is_empty() => MembershipChange::PromoteLearner(learners[rng.range(0, learners.len() as u64) as usize]),
-        2 if voters.len() > 3 => MembershipChange::Remove(voters[rng.range(0, voters.len() as u64) as usize]),
+        0 if !outsiders.is_empty() => {
+            MembershipChange::AddLearner(outsiders[rng.range(0, outsiders.len() as u64) as usize])
+        }
+        1 if !learners.is_empty() => {
+            MembershipChange::PromoteLearner(learners[rng.range(0, learners.len() as u64) as usize])
+        }
+        2 if voters.len() > 3 => {
+            MembershipChange::Remove(voters[rng.range(0, voters.len() as u64) as usize])
+        }
         3 => {
             // A new voter set of 3..=n nodes.
             let size = rng.range(3, n + 1);
@@ -213,7 +239,8 @@ fn change_membership(c: &mut Cluster, rng: &mut SplitMix64) -> bool {
         }
         _ => return false,
     };
-    c.with_core(leader, |core| core.change_membership(change)).is_some_and(|r| r.is_ok())
+    c.with_core(leader, |core| core.change_membership(change))
+        .is_some_and(|r| r.is_ok())
 }
 
 /// Restarts every node, restores every link and makes the network reliable.
@@ -233,7 +260,10 @@ fn applied_by_majority(c: &Cluster, index: u64) -> bool {
         .find(|core| core.role() == Role::Leader)
         .map(|core| core.membership().voters.clone())
         .unwrap_or_default();
-    let applied = voters.iter().filter(|id| c.node(**id).sm.applied >= index).count();
+    let applied = voters
+        .iter()
+        .filter(|id| c.node(**id).sm.applied >= index)
+        .count();
     !voters.is_empty() && applied * 2 > voters.len()
 }
 

@@ -1,5 +1,5 @@
 //! Helpers for driving cores by hand and asserting the exact messages they emit.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use flotilla_engine::{Config, Entry, Message, MessageBody, NodeId, RaftCore, Ready, RestoreState};
 
@@ -92,7 +92,9 @@ impl Net {
                     continue;
                 }
                 let to = msg.to;
-                self.cores[to as usize - 1].step(msg).expect("addressed to this core");
+                self.cores[to as usize - 1]
+                    .step(msg)
+                    .expect("addressed to this core");
                 self.flush(to);
             }
         }
