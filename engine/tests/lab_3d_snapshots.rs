@@ -89,12 +89,12 @@ fn snap_common(seed: u64, disconnect: bool, reliable: bool, crash_victim: bool) 
         );
         if disconnect {
             // The victim must catch up, through a snapshot once the log moved past it.
-            let before = c.node(victim).disk.snapshot.0.index;
+            let before = c.node(victim).disk.snapshot_index();
             c.connect(victim);
             let command = random_cmd(&mut c);
             c.one(command, servers, true);
             snapshots_installed |=
-                c.node(victim).disk.snapshot.0.index > before + SNAPSHOT_INTERVAL;
+                c.node(victim).disk.snapshot_index() > before + SNAPSHOT_INTERVAL;
             leader1 = c.check_one_leader();
         }
         if crash_victim {
@@ -184,7 +184,7 @@ fn snapshot_init() {
         c.one(command, servers, true);
     }
     assert!(
-        c.nodes.iter().all(|n| n.disk.snapshot.0.index > 0),
+        c.nodes.iter().all(|n| n.disk.snapshot_index() > 0),
         "every node should have snapshotted"
     );
     for id in 1..=servers as u64 {

@@ -1,4 +1,87 @@
-//! Snapshot build, chunk streaming, staging and atomic install (not yet implemented).
+//! flotilla-snapshot: moving snapshots between nodes in bounded chunks.
 //!
-//! This crate is a placeholder in the flotilla workspace: its capability arrives with a
-//! later issue and it exports nothing yet.
+//! The Raft core decides *what* to send and tracks how far a transfer got; a
+//! [`SnapshotStore`] does the IO: it reads chunks of the local snapshot for a
+//! follower, stages received chunks durably (so a cut transfer resumes from the
+//! last staged byte), and installs a fully staged snapshot. The total size need
+//! not be known up front: the last chunk says it is the last.
+//!
+//! [`MemSnapshotStore`] serves the deterministic simulator; the RocksDB store
+//! (staging in a `snapshot` column family, atomic install) arrives with the
+//! persistence issue and must pass the same [`conformance`] suite.
+
+pub mod conformance;
+mod memory;
+
+pub use flotilla_wal::SnapshotMeta;
+pub use memory::MemSnapshotStore;
+use thiserror::Error;
+
+/// One chunk read from a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// The bytes, at most the requested length.
+    pub data: Vec<u8>,
+    /// True if the chunk ends the snapshot.
+    pub done: bool,
+}
+
+/// Why a snapshot operation failed.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The store no longer holds the snapshot asked for (a newer one replaced
+    /// it); restart the transfer from the current snapshot.
+    #[error("snapshot at index {index} term {term} is no longer available; restart the transfer")]
+    Unavailable {
+        /// Index of the snapshot asked for.
+        index: u64,
+        /// Term of the snapshot asked for.
+        term: u64,
+    },
+    /// A chunk does not continue what is staged.
+    #[error("chunk at offset {offset} does not continue the staged {staged} bytes; resend from {staged}")]
+    OutOfOrder {
+        /// Offset of the refused chunk.
+        offset: u64,
+        /// Bytes staged so far.
+        staged: u64,
+    },
+    /// Install was asked for a snapshot that is not the one staged.
+    #[error("snapshot at index {index} is not the one staged; nothing installed")]
+    NotStaged {
+        /// Index of the snapshot asked for.
+        index: u64,
+    },
+}
+
+/// Storage for one group's snapshots: the current one and an incoming one being staged.
+pub trait SnapshotStore {
+    /// The current snapshot (the latest saved locally or installed), if any.
+    fn current(&self) -> Option<SnapshotMeta>;
+
+    /// Reads at most `max_bytes` at `offset` of the snapshot `meta`.
+    /// `Unavailable` if the store no longer holds that snapshot.
+    fn read_chunk(
+        &self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<Chunk, SnapshotError>;
+
+    /// Durably stages a received chunk. A chunk of another snapshot, or at
+    /// offset 0, restarts staging; otherwise `offset` must equal the bytes
+    /// already staged.
+    fn stage_chunk(
+        &mut self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), SnapshotError>;
+
+    /// The snapshot being staged and how many bytes of it are durable.
+    fn staged(&self) -> Option<(SnapshotMeta, u64)>;
+
+    /// Makes the fully staged snapshot `meta` the current one, atomically.
+    fn install_staged(&mut self, meta: &SnapshotMeta) -> Result<(), SnapshotError>;
+}

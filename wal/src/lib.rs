@@ -7,9 +7,11 @@
 
 mod entry;
 mod membership;
+mod snapshot_meta;
 
 pub use entry::{Entry, EntryPayload, HardState};
 pub use membership::Membership;
+pub use snapshot_meta::SnapshotMeta;
 
 /// Identifies one node (process) of a cluster. Node id 0 is reserved for "none".
 pub type NodeId = u64;

@@ -1,4 +1,5 @@
-use flotilla_wal::{Entry, GroupId, Index, Membership, NodeId, Term};
+pub use flotilla_wal::SnapshotMeta;
+use flotilla_wal::{Entry, GroupId, Index, NodeId, Term};
 use serde::{Deserialize, Serialize};
 
 /// A message between two cores of one group. The runtime delivers it to the
@@ -113,17 +114,6 @@ pub enum AppendResponse {
         /// First index of `conflict_term` in the follower's log, or its last index + 1.
         conflict_index: Index,
     },
-}
-
-/// Identifies a snapshot and the configuration it carries.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotMeta {
-    /// Last log index the snapshot covers.
-    pub index: Index,
-    /// Term of that entry.
-    pub term: Term,
-    /// Membership as of `index`.
-    pub membership: Membership,
 }
 
 impl Message {

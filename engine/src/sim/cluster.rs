@@ -14,6 +14,7 @@ use crate::sim::disk::SimDisk;
 use crate::sim::fnv::Fnv64;
 use crate::sim::network::{LinkFaults, SimNetwork};
 use crate::sim::node::{SimNode, StateMachine};
+use flotilla_snapshot::SnapshotStore;
 
 /// Simulated steps per core tick: messages and syncs take a few steps.
 pub const STEPS_PER_TICK: u64 = 10;
@@ -235,6 +236,9 @@ impl Cluster {
         for id in 1..=self.nodes.len() as u64 {
             let synced = self.nodes[id as usize - 1].disk.sync_due(self.now);
             for done in synced {
+                if let Some(e) = done.error {
+                    self.checker.violation(format!("node {id}: {e}"));
+                }
                 let node = &mut self.nodes[id as usize - 1];
                 if let Some(image) = done.installed {
                     match StateMachine::from_image(&image) {
@@ -329,22 +333,22 @@ impl Cluster {
                 let Some(core) = node.core.as_mut() else {
                     return;
                 };
-                let (meta, image) = &node.disk.snapshot;
-                if meta.index == request.meta.index && meta.term == request.meta.term {
-                    let start = (request.offset as usize).min(image.len());
-                    let end = (start + request.max_bytes as usize).min(image.len());
-                    core.on_snapshot_chunk(
+                match node.disk.snapshots.read_chunk(
+                    &request.meta,
+                    request.offset,
+                    request.max_bytes,
+                ) {
+                    Ok(chunk) => core.on_snapshot_chunk(
                         request.to,
                         SnapshotChunk {
-                            snapshot_index: meta.index,
-                            snapshot_term: meta.term,
+                            snapshot_index: request.meta.index,
+                            snapshot_term: request.meta.term,
                             offset: request.offset,
-                            data: image[start..end].to_vec(),
-                            done: end == image.len(),
+                            data: chunk.data,
+                            done: chunk.done,
                         },
-                    );
-                } else {
-                    core.on_snapshot_unavailable(request.to);
+                    ),
+                    Err(_) => core.on_snapshot_unavailable(request.to),
                 }
             }
             self.maybe_snapshot(idx);
@@ -357,7 +361,7 @@ impl Cluster {
         let Some(core) = node.core.as_mut() else {
             return;
         };
-        let snapshot_index = node.disk.snapshot.0.index;
+        let snapshot_index = node.disk.snapshot_index();
         let applied = node.sm.applied;
         if applied <= snapshot_index || core.applied_index() != applied {
             return;
@@ -374,7 +378,7 @@ impl Cluster {
             return;
         }
         if let Ok(meta) = core.compact(applied) {
-            node.disk.snapshot = (meta, node.sm.image());
+            node.disk.snapshots.save(meta, node.sm.image());
         }
     }
 

@@ -3,7 +3,8 @@
 
 use std::collections::VecDeque;
 
-use flotilla_wal::{Entry, HardState};
+use flotilla_snapshot::{MemSnapshotStore, SnapshotStore};
+use flotilla_wal::{Entry, HardState, Index};
 
 use crate::raft::core::RestoreState;
 use crate::raft::message::SnapshotMeta;
@@ -14,12 +15,10 @@ use crate::raft::ready::PersistRequest;
 pub struct SimDisk {
     /// Durable hard state.
     pub hard_state: HardState,
-    /// Durable snapshot: metadata and the state machine image.
-    pub snapshot: (SnapshotMeta, Vec<u8>),
+    /// Durable snapshots: the current state machine image and a staged incoming one.
+    pub snapshots: MemSnapshotStore,
     /// Durable log entries after the snapshot.
     pub entries: Vec<Entry>,
-    /// A durably staged incoming snapshot.
-    pub staged: Option<(SnapshotMeta, Vec<u8>)>,
     /// Written but not yet synced: (step at which the sync completes, request).
     pending: VecDeque<(u64, PersistRequest)>,
 }
@@ -29,14 +28,20 @@ pub(crate) struct Synced {
     pub(crate) seq: u64,
     /// A snapshot was installed: the state machine must load this image.
     pub(crate) installed: Option<Vec<u8>>,
+    /// The snapshot store refused a write the core asked for.
+    pub(crate) error: Option<String>,
 }
 
 impl SimDisk {
-    pub(crate) fn new(membership_snapshot: SnapshotMeta, image: Vec<u8>) -> Self {
-        SimDisk {
-            snapshot: (membership_snapshot, image),
-            ..SimDisk::default()
-        }
+    pub(crate) fn new(initial: SnapshotMeta, image: Vec<u8>) -> Self {
+        let mut disk = SimDisk::default();
+        disk.snapshots.save(initial, image);
+        disk
+    }
+
+    /// Index of the current durable snapshot.
+    pub fn snapshot_index(&self) -> Index {
+        self.snapshots.current().map_or(0, |m| m.index)
     }
 
     /// Queues a write; it becomes durable at step `sync_at` (not earlier than
@@ -60,25 +65,23 @@ impl SimDisk {
 
     fn make_durable(&mut self, request: PersistRequest) -> Synced {
         let mut installed = None;
+        let mut error = None;
         for chunk in request.stage_chunks {
-            let restart = self
-                .staged
-                .as_ref()
-                .is_none_or(|(meta, _)| *meta != chunk.meta)
-                || chunk.offset == 0;
-            if restart {
-                self.staged = Some((chunk.meta.clone(), Vec::new()));
-            }
-            if let Some((_, data)) = self.staged.as_mut() {
-                data.truncate(chunk.offset as usize);
-                data.extend_from_slice(&chunk.data);
+            if let Err(e) = self
+                .snapshots
+                .stage_chunk(&chunk.meta, chunk.offset, &chunk.data)
+            {
+                error = Some(format!("staging refused: {e}"));
             }
         }
         if let Some(meta) = request.install_snapshot {
-            let image = self.staged.take().map(|(_, data)| data).unwrap_or_default();
-            self.entries.clear();
-            self.snapshot = (meta, image.clone());
-            installed = Some(image);
+            match self.snapshots.install_staged(&meta) {
+                Ok(()) => {
+                    self.entries.clear();
+                    installed = Some(self.snapshots.image().unwrap_or_default().to_vec());
+                }
+                Err(e) => error = Some(format!("install refused: {e}")),
+            }
         }
         if let Some(meta) = request.compact {
             self.entries.retain(|e| e.index > meta.index);
@@ -93,6 +96,7 @@ impl SimDisk {
         Synced {
             seq: request.seq,
             installed,
+            error,
         }
     }
 
@@ -103,7 +107,7 @@ impl SimDisk {
 
     /// The state a restarting core recovers from.
     pub(crate) fn restore_state(&self) -> RestoreState {
-        let snapshot = self.snapshot.0.clone();
+        let snapshot = self.snapshots.current().unwrap_or_default();
         RestoreState {
             hard_state: self.hard_state,
             applied: snapshot.index,
@@ -113,10 +117,7 @@ impl SimDisk {
                 .filter(|e| e.index > snapshot.index)
                 .cloned()
                 .collect(),
-            staged: self
-                .staged
-                .as_ref()
-                .map(|(meta, data)| (meta.clone(), data.len() as u64)),
+            staged: self.snapshots.staged(),
             snapshot,
         }
     }
