@@ -21,45 +21,33 @@ fn nth(servers: usize, base: NodeId, k: u64) -> NodeId {
     (base - 1 + k) % servers as u64 + 1
 }
 
-/// Lab `crash1`: disconnect and kill, keeping only what was synced.
-fn crash(c: &mut Cluster, id: NodeId) {
-    c.disconnect(id);
-    c.crash(id);
-}
-
-/// Lab `start1` followed by `connect`.
-fn revive(c: &mut Cluster, id: NodeId) {
-    c.restart(id);
-    c.connect(id);
-}
-
 #[test]
 fn persist1() {
     let servers = 3;
     let mut c = cluster(servers, 31);
     c.one(cmd(11), servers, true);
     for id in 1..=3 {
-        crash(&mut c, id);
+        c.crash1(id);
     }
     for id in 1..=3 {
-        revive(&mut c, id);
+        c.revive(id);
     }
     c.one(cmd(12), servers, true);
     let leader1 = c.check_one_leader();
-    crash(&mut c, leader1);
-    revive(&mut c, leader1);
+    c.crash1(leader1);
+    c.revive(leader1);
     c.one(cmd(13), servers, true);
     let leader2 = c.check_one_leader();
-    crash(&mut c, leader2);
+    c.crash1(leader2);
     let index14 = c.one(cmd(14), servers - 1, true);
-    revive(&mut c, leader2);
+    c.revive(leader2);
     // Wait for leader2 to join before killing i3.
     c.wait(index14, servers, None);
     let leader = c.check_one_leader();
     let i3 = nth(servers, leader, 1);
-    crash(&mut c, i3);
+    c.crash1(i3);
     c.one(cmd(15), servers - 1, true);
-    revive(&mut c, i3);
+    c.revive(i3);
     c.one(cmd(16), servers, true);
 }
 
@@ -72,21 +60,21 @@ fn persist2() {
         c.one(cmd(value), servers, true);
         value += 1;
         let leader1 = c.check_one_leader();
-        crash(&mut c, nth(servers, leader1, 1));
-        crash(&mut c, nth(servers, leader1, 2));
+        c.crash1(nth(servers, leader1, 1));
+        c.crash1(nth(servers, leader1, 2));
         c.one(cmd(value), servers - 2, true);
         value += 1;
-        crash(&mut c, leader1);
-        crash(&mut c, nth(servers, leader1, 3));
-        crash(&mut c, nth(servers, leader1, 4));
-        revive(&mut c, nth(servers, leader1, 1));
-        revive(&mut c, nth(servers, leader1, 2));
+        c.crash1(leader1);
+        c.crash1(nth(servers, leader1, 3));
+        c.crash1(nth(servers, leader1, 4));
+        c.revive(nth(servers, leader1, 1));
+        c.revive(nth(servers, leader1, 2));
         c.run_ticks(SECOND);
-        revive(&mut c, nth(servers, leader1, 3));
+        c.revive(nth(servers, leader1, 3));
         c.one(cmd(value), servers - 2, true);
         value += 1;
-        revive(&mut c, nth(servers, leader1, 4));
-        revive(&mut c, leader1);
+        c.revive(nth(servers, leader1, 4));
+        c.revive(leader1);
     }
     c.one(cmd(1000), servers, true);
 }
@@ -99,12 +87,12 @@ fn persist3() {
     let leader = c.check_one_leader();
     c.disconnect(nth(servers, leader, 2));
     c.one(cmd(102), 2, true);
-    crash(&mut c, leader);
-    crash(&mut c, nth(servers, leader, 1));
+    c.crash1(leader);
+    c.crash1(nth(servers, leader, 1));
     c.connect(nth(servers, leader, 2));
-    revive(&mut c, leader);
+    c.revive(leader);
     c.one(cmd(103), 2, true);
-    revive(&mut c, nth(servers, leader, 1));
+    c.revive(nth(servers, leader, 1));
     c.one(cmd(104), servers, true);
 }
 
@@ -146,20 +134,20 @@ fn figure8_seed(seed: u64) {
         };
         c.run_ticks(pause);
         if let Some(leader) = leader {
-            crash(&mut c, leader);
+            c.crash1(leader);
             up -= 1;
         }
         if up < 3 {
             let s = c.rng().range(1, servers as u64 + 1);
             if !c.node(s).is_up() {
-                revive(&mut c, s);
+                c.revive(s);
                 up += 1;
             }
         }
     }
     for id in 1..=servers as u64 {
         if !c.node(id).is_up() {
-            revive(&mut c, id);
+            c.revive(id);
         }
     }
     let r = c.rng().next_u64();
@@ -273,7 +261,7 @@ fn churn(unreliable: bool, seed: u64) {
             }
             c.connect(id);
         } else if what < 700 {
-            crash(&mut c, id);
+            c.crash1(id);
         }
     }
     c.run_ticks(SECOND);

@@ -7,7 +7,6 @@
 
 use flotilla_engine::sim::lab::cmd;
 use flotilla_engine::sim::{Cluster, ClusterOptions, LinkFaults};
-use flotilla_engine::NodeId;
 
 const SNAPSHOT_INTERVAL: u64 = 10;
 /// Each randomized scenario runs over this many seeds.
@@ -37,16 +36,6 @@ fn log_size(c: &Cluster) -> u64 {
         .unwrap_or(0)
 }
 
-fn crash(c: &mut Cluster, id: NodeId) {
-    c.disconnect(id);
-    c.crash(id);
-}
-
-fn revive(c: &mut Cluster, id: NodeId) {
-    c.restart(id);
-    c.connect(id);
-}
-
 fn snap_common(seed: u64, disconnect: bool, reliable: bool, crash_victim: bool) {
     let servers = 3;
     let mut c = cluster(servers, seed, reliable);
@@ -66,7 +55,7 @@ fn snap_common(seed: u64, disconnect: bool, reliable: bool, crash_victim: bool) 
             c.one(command, servers - 1, true);
         }
         if crash_victim {
-            crash(&mut c, victim);
+            c.crash1(victim);
             let command = random_cmd(&mut c);
             c.one(command, servers - 1, true);
         }
@@ -98,7 +87,7 @@ fn snap_common(seed: u64, disconnect: bool, reliable: bool, crash_victim: bool) 
             leader1 = c.check_one_leader();
         }
         if crash_victim {
-            revive(&mut c, victim);
+            c.revive(victim);
             let command = random_cmd(&mut c);
             c.one(command, servers, true);
             leader1 = c.check_one_leader();
@@ -162,10 +151,10 @@ fn snapshot_all_crash() {
         let command = random_cmd(&mut c);
         let index1 = c.one(command, servers, true);
         for id in 1..=servers as u64 {
-            crash(&mut c, id);
+            c.crash1(id);
         }
         for id in 1..=servers as u64 {
-            revive(&mut c, id);
+            c.revive(id);
         }
         let command = random_cmd(&mut c);
         let index2 = c.one(command, servers, true);
@@ -188,19 +177,19 @@ fn snapshot_init() {
         "every node should have snapshotted"
     );
     for id in 1..=servers as u64 {
-        crash(&mut c, id);
+        c.crash1(id);
     }
     for id in 1..=servers as u64 {
-        revive(&mut c, id);
+        c.revive(id);
     }
     // A single op, to get something written back to persistent storage.
     let command = random_cmd(&mut c);
     c.one(command, servers, true);
     for id in 1..=servers as u64 {
-        crash(&mut c, id);
+        c.crash1(id);
     }
     for id in 1..=servers as u64 {
-        revive(&mut c, id);
+        c.revive(id);
     }
     let command = random_cmd(&mut c);
     c.one(command, servers, true);

@@ -32,6 +32,18 @@ impl Cluster {
         self.reconnect(id);
     }
 
+    /// Lab `crash1`: disconnect and kill the node, keeping only what it had synced.
+    pub fn crash1(&mut self, id: NodeId) {
+        self.disconnect(id);
+        self.crash(id);
+    }
+
+    /// Lab `start1` followed by `connect`: restart from disk and rejoin.
+    pub fn revive(&mut self, id: NodeId) {
+        self.restart(id);
+        self.connect(id);
+    }
+
     /// Lab `checkOneLeader`: waits for exactly one leader among connected nodes
     /// in the newest term and returns it. Panics on two leaders in one term or on none.
     pub fn check_one_leader(&mut self) -> NodeId {
