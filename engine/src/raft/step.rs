@@ -69,6 +69,13 @@ impl RaftCore {
                 MessageBody::PreVote { .. } => {
                     self.send(msg.from, MessageBody::PreVoteResponse { granted: false });
                 }
+                MessageBody::RequestVote { .. } => {
+                    // Refuse with our term (Raft Figure 2): a candidate behind in
+                    // terms learns it at once instead of climbing one election at
+                    // a time to a term the others will accept.
+                    let reply = self.message(msg.from, MessageBody::RequestVoteResponse { granted: false });
+                    self.respond(reply);
+                }
                 _ => {}
             }
             return;
