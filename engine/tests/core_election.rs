@@ -480,7 +480,16 @@ fn joint_configuration_election_needs_both_majorities() {
 #[test]
 fn vote_request_from_an_older_term_is_refused_with_the_newer_term() {
     let mut c = core(3, &[1, 2, 3]);
-    let newer = Message { group: 1, from: 2, to: 3, term: 9, body: MessageBody::Heartbeat { commit: 0, round: 1 } };
+    let newer = Message {
+        group: 1,
+        from: 2,
+        to: 3,
+        term: 9,
+        body: MessageBody::Heartbeat {
+            commit: 0,
+            round: 1,
+        },
+    };
     c.step(newer).unwrap();
     flush(&mut c);
     let stale = Message {
@@ -488,12 +497,19 @@ fn vote_request_from_an_older_term_is_refused_with_the_newer_term() {
         from: 1,
         to: 3,
         term: 4,
-        body: MessageBody::RequestVote { last_index: 50, last_term: 4, transfer: false },
+        body: MessageBody::RequestVote {
+            last_index: 50,
+            last_term: 4,
+            transfer: false,
+        },
     };
     c.step(stale).unwrap();
     let (_, msgs) = flush(&mut c);
     let to1: Vec<_> = msgs.iter().filter(|m| m.to == 1).collect();
     assert_eq!(to1.len(), 1);
     assert_eq!(to1[0].term, 9, "the refusal must carry the newer term");
-    assert_eq!(to1[0].body, MessageBody::RequestVoteResponse { granted: false });
+    assert_eq!(
+        to1[0].body,
+        MessageBody::RequestVoteResponse { granted: false }
+    );
 }

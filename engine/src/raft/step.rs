@@ -73,7 +73,10 @@ impl RaftCore {
                     // Refuse with our term (Raft Figure 2): a candidate behind in
                     // terms learns it at once instead of climbing one election at
                     // a time to a term the others will accept.
-                    let reply = self.message(msg.from, MessageBody::RequestVoteResponse { granted: false });
+                    let reply = self.message(
+                        msg.from,
+                        MessageBody::RequestVoteResponse { granted: false },
+                    );
                     self.respond(reply);
                 }
                 _ => {}
