@@ -5,4 +5,5 @@
 //! builder and the CLI arrive with the replicated-Db issue.
 
 pub use flotilla_engine as engine;
+pub use flotilla_snapshot as snapshot;
 pub use flotilla_wal as wal;

@@ -6,15 +6,22 @@
 //! last staged byte), and installs a fully staged snapshot. The total size need
 //! not be known up front: the last chunk says it is the last.
 //!
-//! [`MemSnapshotStore`] serves the deterministic simulator; the RocksDB store
-//! (staging in a `snapshot` column family, atomic install) arrives with the
-//! persistence issue and must pass the same [`conformance`] suite.
+//! [`MemSnapshotStore`] serves the deterministic simulator; with the `rocksdb`
+//! feature, [`RocksSnapshotStore`] builds snapshots of a group's RocksDB data
+//! through a RocksDB snapshot, stages received chunks in the `snapshot` column
+//! family and installs atomically. Both pass the [`conformance`] suite.
 
 pub mod conformance;
+pub mod image;
 mod memory;
+#[cfg(feature = "rocksdb")]
+mod rocks;
 
-pub use flotilla_wal::SnapshotMeta;
+pub use flotilla_wal::{SnapshotMeta, StorageError};
+pub use image::AppliedState;
 pub use memory::MemSnapshotStore;
+#[cfg(feature = "rocksdb")]
+pub use rocks::{DataOp, GroupData, RocksSnapshotStore, DEFAULT_CHUNK_BYTES};
 use thiserror::Error;
 
 /// One chunk read from a snapshot.
@@ -47,6 +54,17 @@ pub enum SnapshotError {
         /// Bytes staged so far.
         staged: u64,
     },
+    /// The snapshot's bytes are damaged (a checksum failed, a frame does not
+    /// decode, the image ends early); nothing was installed.
+    #[error("snapshot image is corrupt: {detail}; discard it and transfer it again")]
+    Corrupt {
+        /// What was wrong.
+        detail: String,
+    },
+    /// The underlying store failed (including a corrupt stored chunk, reported
+    /// with its column family and key).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
     /// Install was asked for a snapshot that is not the one staged.
     #[error("snapshot at index {index} is not the one staged; nothing installed")]
     NotStaged {

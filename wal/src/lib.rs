@@ -1,17 +1,41 @@
-//! flotilla-wal: the Raft log entry type, hard state and membership records.
+//! flotilla-wal: the Raft log entry type and durable storage for Raft logs.
 //!
 //! The wal crate owns what goes into the Raft log, so the Raft core (in
 //! `flotilla-engine`) and every log store agree on one representation. The
-//! RocksDB-backed `LogStore` arrives with the persistence issue; today the crate
-//! holds the types only.
+//! [`LogStore`] trait serves many groups from one store; [`MemLogStore`] models
+//! durability in memory for the simulator, and (with the `rocksdb` feature)
+//! [`RocksLogStore`] keeps logs in RocksDB column families with one group-commit
+//! writer thread. Both pass [`conformance::run_all`].
 
+pub mod conformance;
 mod entry;
+mod error;
+pub mod failpoint;
+pub mod keys;
 mod membership;
+mod memory;
+mod policy;
+pub mod record;
+#[cfg(feature = "rocksdb")]
+mod rocks;
+/// The RocksDB crate this store is built on, so other crates use the same one.
+#[cfg(feature = "rocksdb")]
+pub use rocksdb;
 mod snapshot_meta;
+mod store;
 
 pub use entry::{Entry, EntryPayload, HardState};
+pub use error::StorageError;
 pub use membership::Membership;
+pub use memory::MemLogStore;
+pub use policy::{CompactionPolicy, LogSize};
+#[cfg(feature = "rocksdb")]
+pub use rocks::{
+    BatchFiller, Extra, RawOp, RawOpKind, RocksLogStore, FORMAT_VERSION, MAX_BATCH_REQUESTS,
+    MAX_QUEUED_REQUESTS,
+};
 pub use snapshot_meta::SnapshotMeta;
+pub use store::{Completion, Durability, LogStore, LogWrite};
 
 /// Identifies one node (process) of a cluster. Node id 0 is reserved for "none".
 pub type NodeId = u64;

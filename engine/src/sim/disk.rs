@@ -1,26 +1,36 @@
 //! A simulated disk with the durability of a real one: a persist request is
 //! durable only after its sync completes, and a crash loses everything unsynced.
+//!
+//! The log and hard state live in a [`MemLogStore`] in buffered mode — the
+//! same `LogStore` the RocksDB store implements: each request's log part is
+//! submitted when the core hands it out (readable at once, like a write to
+//! the OS) and made durable in order as its sync completes; a crash drops
+//! what was not. Snapshots live in a [`MemSnapshotStore`], changed only when
+//! a request's sync completes.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use flotilla_snapshot::{MemSnapshotStore, SnapshotStore};
-use flotilla_wal::{Entry, HardState, Index};
+use flotilla_wal::{Durability, Index, LogStore, LogWrite, MemLogStore};
 
 use crate::raft::core::RestoreState;
 use crate::raft::message::SnapshotMeta;
 use crate::raft::ready::PersistRequest;
 
+/// The group id the simulated nodes' single group has.
+const GROUP: u64 = 1;
+
 /// One node's durable state plus its writes still waiting for a sync.
-#[derive(Clone, Debug, Default)]
 pub struct SimDisk {
-    /// Durable hard state.
-    pub hard_state: HardState,
     /// Durable snapshots: the current state machine image and a staged incoming one.
     pub snapshots: MemSnapshotStore,
-    /// Durable log entries after the snapshot.
-    pub entries: Vec<Entry>,
+    /// The log and hard state.
+    pub log: MemLogStore,
     /// Written but not yet synced: (step at which the sync completes, request).
     pending: VecDeque<(u64, PersistRequest)>,
+    /// A log store error, reported with the next completed sync.
+    log_error: Option<String>,
 }
 
 /// What completing a sync changed that the node must act on.
@@ -34,9 +44,18 @@ pub(crate) struct Synced {
 
 impl SimDisk {
     pub(crate) fn new(initial: SnapshotMeta, image: Vec<u8>) -> Self {
-        let mut disk = SimDisk::default();
-        disk.snapshots.save(initial, image);
-        disk
+        let mut snapshots = MemSnapshotStore::default();
+        snapshots.save(initial, image);
+        SimDisk {
+            snapshots,
+            // Buffered: acknowledged at once, durable only when synced; the
+            // delay is the simulator's own, not this one.
+            log: MemLogStore::new(Durability::Buffered {
+                max_delay: Duration::MAX,
+            }),
+            pending: VecDeque::new(),
+            log_error: None,
+        }
     }
 
     /// Index of the current durable snapshot.
@@ -48,6 +67,20 @@ impl SimDisk {
     /// any write queued before it).
     pub(crate) fn write(&mut self, sync_at: u64, request: PersistRequest) {
         let after = self.pending.back().map_or(0, |(at, _)| *at);
+        // Exactly one submission per request, so the n-th sync makes the
+        // n-th request's log part durable.
+        let write = LogWrite {
+            group: GROUP,
+            install: request.install_snapshot.clone(),
+            compact: request.compact.clone(),
+            entries: request.entries.clone(),
+            hard_state: request.hard_state,
+        };
+        // The in-memory store completes at once; acknowledged is not durable.
+        if let Err(e) = self.log.write(vec![write]) {
+            self.log_error
+                .get_or_insert(format!("log store refused a write: {e}"));
+        }
         self.pending.push_back((sync_at.max(after), request));
     }
 
@@ -65,7 +98,8 @@ impl SimDisk {
 
     fn make_durable(&mut self, request: PersistRequest) -> Synced {
         let mut installed = None;
-        let mut error = None;
+        let mut error = self.log_error.take();
+        self.log.sync_oldest(1);
         for chunk in request.stage_chunks {
             if let Err(e) = self
                 .snapshots
@@ -77,21 +111,10 @@ impl SimDisk {
         if let Some(meta) = request.install_snapshot {
             match self.snapshots.install_staged(&meta) {
                 Ok(()) => {
-                    self.entries.clear();
                     installed = Some(self.snapshots.image().unwrap_or_default().to_vec());
                 }
                 Err(e) => error = Some(format!("install refused: {e}")),
             }
-        }
-        if let Some(meta) = request.compact {
-            self.entries.retain(|e| e.index > meta.index);
-        }
-        if let Some(first) = request.entries.first().map(|e| e.index) {
-            self.entries.retain(|e| e.index < first);
-            self.entries.extend(request.entries);
-        }
-        if let Some(hs) = request.hard_state {
-            self.hard_state = hs;
         }
         Synced {
             seq: request.seq,
@@ -103,27 +126,28 @@ impl SimDisk {
     /// A crash: unsynced writes are gone.
     pub fn crash(&mut self) {
         self.pending.clear();
+        self.log.crash();
     }
 
     /// The state a restarting core recovers from.
-    pub(crate) fn restore_state(&self) -> RestoreState {
+    pub(crate) fn restore_state(&self) -> Result<RestoreState, String> {
         let snapshot = self.snapshots.current().unwrap_or_default();
-        RestoreState {
-            hard_state: self.hard_state,
+        let read = |e: flotilla_wal::StorageError| format!("log store read failed: {e}");
+        let last = self.log.last_index(GROUP).map_err(read)?;
+        Ok(RestoreState {
+            hard_state: self.log.hard_state(GROUP).map_err(read)?,
             applied: snapshot.index,
             entries: self
-                .entries
-                .iter()
-                .filter(|e| e.index > snapshot.index)
-                .cloned()
-                .collect(),
+                .log
+                .entries(GROUP, snapshot.index + 1, last, u64::MAX)
+                .map_err(read)?,
             staged: self.snapshots.staged(),
             snapshot,
-        }
+        })
     }
 
-    /// Size of the durable log and hard state in bytes, for the snapshot-size tests.
+    /// Size of the log and hard state in bytes, for the snapshot-size tests.
     pub fn raft_state_bytes(&self) -> u64 {
-        self.entries.iter().map(Entry::size_bytes).sum::<u64>() + 24
+        self.log.log_bytes(GROUP).unwrap_or(0) + 24
     }
 }

@@ -65,7 +65,7 @@ pub struct SimNode {
 
 impl SimNode {
     pub(crate) fn start(&mut self) -> Result<(), String> {
-        let restore = self.disk.restore_state();
+        let restore = self.disk.restore_state()?;
         self.sm = StateMachine::from_image(self.disk.snapshots.image().unwrap_or_default())?;
         if self.sm.applied != restore.snapshot.index {
             return Err(format!(

@@ -1,0 +1,392 @@
+//! The RocksDB log store: one RocksDB instance per node, shared by every
+//! group, with one writer thread doing group commit.
+
+mod cache;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
+
+use crate::error::StorageError;
+use crate::keys::{self, StateKind, DATA_CF, FORMAT_KEY, RAFT_LOG_CF, RAFT_STATE_CF, SNAPSHOT_CF};
+use crate::record;
+use crate::store::{Completion, Durability, LogStore, LogWrite};
+use crate::{Entry, GroupId, HardState, Index, SnapshotMeta};
+use writer::{Shared, WriteRequest};
+
+/// The store format this build writes; a store with a higher one is refused.
+pub const FORMAT_VERSION: u32 = 1;
+const FORMAT_MAGIC: &[u8; 4] = b"FLOT";
+/// Most write requests one group commit takes from the queue.
+pub const MAX_BATCH_REQUESTS: usize = 4096;
+/// Most pending write requests; `submit` blocks beyond it (back-pressure).
+pub const MAX_QUEUED_REQUESTS: usize = 16_384;
+
+/// One raw write to another column family, committed atomically with the log
+/// writes of the same request (the state machine's data and applied index).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawOp {
+    /// Column family (one of [`keys`]' names).
+    pub cf: &'static str,
+    /// What to do.
+    pub kind: RawOpKind,
+}
+
+/// A [`RawOp`]'s action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RawOpKind {
+    /// Set a key.
+    Put {
+        /// Key.
+        key: Vec<u8>,
+        /// Value.
+        value: Vec<u8>,
+    },
+    /// Remove a key.
+    Delete {
+        /// Key.
+        key: Vec<u8>,
+    },
+    /// Remove every key in `from..to`.
+    DeleteRange {
+        /// First key removed.
+        from: Vec<u8>,
+        /// First key kept.
+        to: Vec<u8>,
+    },
+}
+
+/// Fills a WriteBatch on the writer thread; an error refuses the request.
+pub type BatchFiller = Box<dyn FnOnce(&DB, &mut WriteBatch) -> Result<(), StorageError> + Send>;
+
+/// What a request writes besides its log writes.
+pub enum Extra {
+    /// Nothing.
+    None,
+    /// Raw writes, group-committed with everything else.
+    Ops(Vec<RawOp>),
+    /// A batch built on the writer thread (a snapshot install reading its
+    /// staged chunks); committed in a batch of its own.
+    Filler(BatchFiller),
+}
+
+/// The RocksDB-backed [`LogStore`].
+pub struct RocksLogStore {
+    db: Arc<DB>,
+    tx: Option<Sender<WriteRequest>>,
+    writer: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    path: PathBuf,
+}
+
+impl RocksLogStore {
+    /// Opens (or creates) the store in `path`. Refuses a directory that holds
+    /// something else, or a store written by a newer format.
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StorageError> {
+        let path = path.as_ref().to_path_buf();
+        let existed = check_directory(&path)?;
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        // Without a WAL (Durability::None) column families flush separately;
+        // atomic flush keeps the log, its state and the data in step.
+        options.set_atomic_flush(true);
+        let mut cfs: Vec<String> = if existed {
+            DB::list_cf(&options, &path).map_err(|e| not_a_store(&path, e.as_ref()))?
+        } else {
+            Vec::new()
+        };
+        for name in ["default", RAFT_LOG_CF, RAFT_STATE_CF, SNAPSHOT_CF, DATA_CF] {
+            if !cfs.iter().any(|c| c == name) {
+                cfs.push(name.to_string());
+            }
+        }
+        let descriptors = cfs
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&options, &path, descriptors).map_err(|e| engine(&e))?;
+        check_format(&db, &path, existed)?;
+        let db = Arc::new(db);
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = crossbeam_channel::bounded(MAX_QUEUED_REQUESTS);
+        let writer =
+            writer::spawn(Arc::clone(&db), rx, durability, Arc::clone(&shared)).map_err(|e| {
+                StorageError::Engine(format!("cannot start the log writer thread: {e}"))
+            })?;
+        Ok(RocksLogStore {
+            db,
+            tx: Some(tx),
+            writer: Some(writer),
+            shared,
+            path,
+        })
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The underlying database, for the other column families' owners.
+    pub fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
+    /// Like [`LogStore::submit`], with writes to other column families
+    /// committed in the same atomic batch.
+    pub fn submit_with(&self, writes: Vec<LogWrite>, extra: Extra, done: Completion) {
+        if let Some(cause) = self.shared.poisoned() {
+            return done(Err(StorageError::Poisoned { cause }));
+        }
+        let Some(tx) = self.tx.as_ref() else {
+            return done(Err(StorageError::Closed));
+        };
+        if let Err(crossbeam_channel::SendError(request)) = tx.send(WriteRequest {
+            writes,
+            extra,
+            done,
+        }) {
+            (request.done)(Err(StorageError::Closed));
+        }
+    }
+
+    /// [`submit_with`](Self::submit_with), waiting for durability.
+    pub fn write_with(&self, writes: Vec<LogWrite>, extra: Extra) -> Result<(), StorageError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.submit_with(
+            writes,
+            extra,
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        rx.recv().unwrap_or(Err(StorageError::Closed))
+    }
+
+    /// Stops the writer after it finishes the queued writes.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.tx.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+
+    fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, StorageError> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StorageError::Engine(format!("column family {name} is missing")))
+    }
+
+    fn state<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        group: GroupId,
+        kind: StateKind,
+    ) -> Result<T, StorageError> {
+        let key = keys::state_key(group, kind);
+        match self
+            .db
+            .get_cf(self.cf(RAFT_STATE_CF)?, key)
+            .map_err(|e| engine(&e))?
+        {
+            Some(bytes) => record::decode(RAFT_STATE_CF, &key, &bytes),
+            None => Ok(T::default()),
+        }
+    }
+}
+
+impl Drop for RocksLogStore {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl LogStore for RocksLogStore {
+    fn submit(&self, writes: Vec<LogWrite>, done: Completion) {
+        self.submit_with(writes, Extra::None, done);
+    }
+
+    fn log_bytes(&self, group: GroupId) -> Result<u64, StorageError> {
+        let mut caches = self.shared.caches();
+        if let Some(cache) = caches.get(group) {
+            return Ok(cache.bytes());
+        }
+        Ok(caches.get_or_load(&self.db, group)?.bytes())
+    }
+
+    fn entries(
+        &self,
+        group: GroupId,
+        lo: Index,
+        hi: Index,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let mut out = Vec::new();
+        if lo > hi {
+            return Ok(out);
+        }
+        let start = keys::log_key(group, lo);
+        let iter = self.db.iterator_cf(
+            self.cf(RAFT_LOG_CF)?,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let mut expected = lo;
+        let mut bytes = 0;
+        for item in iter {
+            let (key, value) = item.map_err(|e| engine(&e))?;
+            match keys::parse_log_key(&key) {
+                Some((g, index)) if g == group && index == expected && index <= hi => {
+                    let entry: Entry = record::decode(RAFT_LOG_CF, &key, &value)?;
+                    if entry.index != index {
+                        return Err(StorageError::Corruption {
+                            cf: RAFT_LOG_CF,
+                            key: keys::display_key(&key),
+                            detail: format!("entry says index {}", entry.index),
+                        });
+                    }
+                    bytes += entry.size_bytes();
+                    if !out.is_empty() && bytes > max_bytes {
+                        break;
+                    }
+                    out.push(entry);
+                    expected += 1;
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn hard_state(&self, group: GroupId) -> Result<HardState, StorageError> {
+        self.state(group, StateKind::HardState)
+    }
+
+    fn snapshot_meta(&self, group: GroupId) -> Result<SnapshotMeta, StorageError> {
+        self.state(group, StateKind::SnapshotMeta)
+    }
+
+    fn last_index(&self, group: GroupId) -> Result<Index, StorageError> {
+        last_log_index(&self.db, group)?.map_or_else(|| Ok(self.snapshot_meta(group)?.index), Ok)
+    }
+
+    fn groups(&self) -> Result<Vec<GroupId>, StorageError> {
+        let mut groups = std::collections::BTreeSet::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(RAFT_STATE_CF)?, IteratorMode::Start)
+        {
+            let (key, _) = item.map_err(|e| engine(&e))?;
+            groups.extend(keys::parse_state_group(&key));
+        }
+        // Skip from group to group through the log instead of reading every entry.
+        let log = self.cf(RAFT_LOG_CF)?;
+        let mut next = 0u64;
+        loop {
+            let start = keys::log_key(next, 0);
+            let mut iter = self
+                .db
+                .iterator_cf(log, IteratorMode::From(&start, Direction::Forward));
+            let Some(item) = iter.next() else { break };
+            let (key, _) = item.map_err(|e| engine(&e))?;
+            let Some((group, _)) = keys::parse_log_key(&key) else {
+                break;
+            };
+            groups.insert(group);
+            match group.checked_add(1) {
+                Some(n) => next = n,
+                None => break,
+            }
+        }
+        Ok(groups.into_iter().collect())
+    }
+}
+
+/// The last log index of `group` present in the log column family.
+pub(crate) fn last_log_index(db: &DB, group: GroupId) -> Result<Option<Index>, StorageError> {
+    let cf = db
+        .cf_handle(RAFT_LOG_CF)
+        .ok_or_else(|| StorageError::Engine("column family raft_log is missing".into()))?;
+    let end = keys::log_key(group, u64::MAX);
+    let mut iter = db.iterator_cf(cf, IteratorMode::From(&end, Direction::Reverse));
+    match iter.next() {
+        Some(item) => {
+            let (key, _) = item.map_err(|e| engine(&e))?;
+            Ok(keys::parse_log_key(&key)
+                .filter(|(g, _)| *g == group)
+                .map(|(_, index)| index))
+        }
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn engine(e: &rocksdb::Error) -> StorageError {
+    StorageError::Engine(e.to_string())
+}
+
+fn not_a_store(path: &Path, why: &str) -> StorageError {
+    StorageError::NotAFlotillaStore {
+        path: path.to_path_buf(),
+        why: why.to_string(),
+    }
+}
+
+/// Returns whether a RocksDB store already exists in `path`; refuses a
+/// non-empty directory without one, or a path that is a file.
+fn check_directory(path: &Path) -> Result<bool, StorageError> {
+    if !path.exists() {
+        return Ok(false);
+    }
+    if !path.is_dir() {
+        return Err(not_a_store(path, "it is not a directory"));
+    }
+    if path.join("CURRENT").is_file() {
+        return Ok(true);
+    }
+    let mut contents = std::fs::read_dir(path)
+        .map_err(|e| StorageError::Engine(format!("cannot read {}: {e}", path.display())))?;
+    if contents.next().is_some() {
+        return Err(not_a_store(
+            path,
+            "the directory is not empty and holds no store",
+        ));
+    }
+    Ok(false)
+}
+
+fn check_format(db: &DB, path: &Path, existed: bool) -> Result<(), StorageError> {
+    match db.get(FORMAT_KEY).map_err(|e| engine(&e))? {
+        Some(marker) => {
+            if marker.len() != 8 || &marker[..4] != FORMAT_MAGIC {
+                return Err(not_a_store(path, "its format marker is not flotilla's"));
+            }
+            let found = u32::from_be_bytes([marker[4], marker[5], marker[6], marker[7]]);
+            if found > FORMAT_VERSION {
+                return Err(StorageError::NewerFormat {
+                    path: path.to_path_buf(),
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
+            Ok(())
+        }
+        None if existed => Err(not_a_store(
+            path,
+            "a RocksDB database without flotilla's format marker",
+        )),
+        None => {
+            let mut marker = FORMAT_MAGIC.to_vec();
+            marker.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+            let mut opts = rocksdb::WriteOptions::default();
+            opts.set_sync(true);
+            db.put_opt(FORMAT_KEY, marker, &opts)
+                .map_err(|e| engine(&e))
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Group commit: one thread takes write requests from every group, writes
+//! them as one WriteBatch, syncs once and completes them all. No other thread
+//! writes the log, so no RocksDB write ever runs on a tokio worker.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use rocksdb::{WriteBatch, WriteOptions, DB};
+
+use super::cache::{GroupCaches, LogCache};
+use super::{Extra, MAX_BATCH_REQUESTS};
+use crate::error::StorageError;
+use crate::failpoint;
+use crate::keys::{self, StateKind, RAFT_LOG_CF, RAFT_STATE_CF};
+use crate::record;
+use crate::store::{Completion, Durability, LogWrite};
+
+pub(crate) struct WriteRequest {
+    pub(crate) writes: Vec<LogWrite>,
+    pub(crate) extra: Extra,
+    pub(crate) done: Completion,
+}
+
+/// State shared between the store handle and its writer.
+#[derive(Default)]
+pub(crate) struct Shared {
+    poison: Mutex<Option<String>>,
+    /// Per-group log shape; the writer holds the lock from encoding a batch
+    /// until it is durable, so readers never see bytes of a failed write.
+    pub(crate) caches: Mutex<GroupCaches>,
+}
+
+impl Shared {
+    pub(crate) fn poisoned(&self) -> Option<String> {
+        self.poison
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn poison(&self, cause: String) {
+        let mut slot = self.poison.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(cause);
+    }
+
+    pub(crate) fn caches(&self) -> MutexGuard<'_, GroupCaches> {
+        self.caches.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub(crate) fn spawn(
+    db: Arc<DB>,
+    rx: Receiver<WriteRequest>,
+    durability: Durability,
+    shared: Arc<Shared>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("flotilla-log-writer".into())
+        .spawn(move || {
+            Writer {
+                db,
+                durability,
+                shared,
+            }
+            .run(rx)
+        })
+}
+
+struct Writer {
+    db: Arc<DB>,
+    durability: Durability,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    fn run(self, rx: Receiver<WriteRequest>) {
+        let mut last_sync = Instant::now();
+        let mut unsynced = false;
+        let mut pending: Option<WriteRequest> = None;
+        loop {
+            let first = match pending.take() {
+                Some(request) => request,
+                None => match self.durability {
+                    Durability::Buffered { max_delay } if unsynced => {
+                        match rx.recv_timeout(max_delay.saturating_sub(last_sync.elapsed())) {
+                            Ok(request) => request,
+                            Err(RecvTimeoutError::Timeout) => {
+                                self.sync_wal();
+                                last_sync = Instant::now();
+                                unsynced = false;
+                                continue;
+                            }
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        }
+                    }
+                    _ => match rx.recv() {
+                        Ok(request) => request,
+                        Err(_) => break,
+                    },
+                },
+            };
+            // A request that fills the batch itself (a snapshot install) is
+            // committed alone, so its failure cannot fail anyone else's writes.
+            let mut batch = vec![first];
+            if !matches!(batch[0].extra, Extra::Filler(_)) {
+                while batch.len() < MAX_BATCH_REQUESTS {
+                    match rx.try_recv() {
+                        Ok(request) if matches!(request.extra, Extra::Filler(_)) => {
+                            pending = Some(request);
+                            break;
+                        }
+                        Ok(request) => batch.push(request),
+                        Err(_) => break,
+                    }
+                }
+            }
+            let result = self.commit(&mut batch);
+            if result.is_ok() {
+                if let Durability::Buffered { max_delay } = self.durability {
+                    unsynced = true;
+                    if last_sync.elapsed() >= max_delay {
+                        self.sync_wal();
+                        last_sync = Instant::now();
+                        unsynced = false;
+                    }
+                }
+            }
+            for request in batch {
+                (request.done)(result.clone());
+            }
+        }
+        if unsynced {
+            self.sync_wal();
+        }
+    }
+
+    fn sync_wal(&self) {
+        if let Err(e) = self.db.flush_wal(true) {
+            self.shared.poison(format!("WAL sync failed: {e}"));
+        }
+    }
+
+    /// Writes every request of the batch in one WriteBatch and syncs it.
+    /// A request refused before writing (a gap in a log, a filler's error) is
+    /// completed with its error and left out; the others go ahead.
+    fn commit(&self, batch: &mut Vec<WriteRequest>) -> Result<(), StorageError> {
+        if let Some(cause) = self.shared.poisoned() {
+            return Err(StorageError::Poisoned { cause });
+        }
+        let mut caches = self.shared.caches();
+        let mut wb = WriteBatch::default();
+        let (mut hard_state, mut compaction) = (false, false);
+        let mut accepted = Vec::with_capacity(batch.len());
+        for mut request in batch.drain(..) {
+            if let Err(e) = self.add_request(&mut caches, &mut wb, &mut request) {
+                (request.done)(Err(e));
+                continue;
+            }
+            for write in &request.writes {
+                hard_state |= write.hard_state.is_some();
+                compaction |= write.compact.is_some();
+            }
+            accepted.push(request);
+        }
+        *batch = accepted;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        failpoint::hit(failpoint::BEFORE_LOG_WRITE);
+        if hard_state {
+            failpoint::hit(failpoint::BEFORE_HARD_STATE_WRITE);
+        }
+        if compaction {
+            failpoint::hit(failpoint::BEFORE_COMPACTION);
+        }
+        let mut opts = WriteOptions::default();
+        match self.durability {
+            Durability::Sync => opts.set_sync(true),
+            Durability::Buffered { .. } => {}
+            Durability::None => opts.disable_wal(true),
+        }
+        if let Err(e) = self.db.write_opt(wb, &opts) {
+            let cause = format!("log write failed: {e}");
+            self.shared.poison(cause.clone());
+            // What is on disk is unknown now; reload from it if ever asked.
+            caches.clear();
+            return Err(StorageError::Poisoned { cause });
+        }
+        drop(caches);
+        failpoint::hit(failpoint::AFTER_LOG_SYNC);
+        if compaction {
+            failpoint::hit(failpoint::AFTER_COMPACTION);
+        }
+        Ok(())
+    }
+
+    /// Checks one request and adds it to the batch; on error nothing of it is added.
+    fn add_request(
+        &self,
+        caches: &mut GroupCaches,
+        wb: &mut WriteBatch,
+        request: &mut WriteRequest,
+    ) -> Result<(), StorageError> {
+        check_contiguous(&self.db, caches, &request.writes)?;
+        match std::mem::replace(&mut request.extra, Extra::None) {
+            Extra::None => {}
+            Extra::Ops(ops) => {
+                for op in ops {
+                    op.add_to(&self.db, wb)?;
+                }
+            }
+            // Committed alone (see `run`), so a half-filled batch is dropped with it.
+            Extra::Filler(fill) => fill(&self.db, wb)?,
+        }
+        for write in &request.writes {
+            let cache = caches.get_or_load(&self.db, write.group)?;
+            encode(&self.db, wb, cache, write)?;
+        }
+        Ok(())
+    }
+}
+
+/// Refuses writes that would not fit their logs, given the writes before
+/// them in the same request.
+fn check_contiguous(
+    db: &DB,
+    caches: &mut GroupCaches,
+    writes: &[LogWrite],
+) -> Result<(), StorageError> {
+    crate::store::check_writes(writes, |group| {
+        let cache = caches.get_or_load(db, group)?;
+        Ok((cache.snapshot_index(), cache.last_index()))
+    })
+}
+
+/// Adds one group's write to the batch, keeping its cache in step.
+fn encode(
+    db: &DB,
+    wb: &mut WriteBatch,
+    cache: &mut LogCache,
+    write: &LogWrite,
+) -> Result<(), StorageError> {
+    let log = db
+        .cf_handle(RAFT_LOG_CF)
+        .ok_or_else(|| StorageError::Engine("column family raft_log is missing".into()))?;
+    let state = db
+        .cf_handle(RAFT_STATE_CF)
+        .ok_or_else(|| StorageError::Engine("column family raft_state is missing".into()))?;
+    let group = write.group;
+    let meta_key = keys::state_key(group, StateKind::SnapshotMeta);
+    if let Some(meta) = &write.install {
+        wb.delete_range_cf(log, keys::log_key(group, 0), keys::log_key(group, u64::MAX));
+        wb.put_cf(state, meta_key, record::encode(meta));
+        cache.install(meta.index);
+    }
+    if let Some(meta) = &write.compact {
+        // A compaction behind the current snapshot would move it back.
+        if meta.index > cache.snapshot_index() {
+            wb.delete_range_cf(
+                log,
+                keys::log_key(group, 0),
+                keys::log_key(group, meta.index + 1),
+            );
+            wb.put_cf(state, meta_key, record::encode(meta));
+            cache.compact(meta.index);
+        }
+    }
+    if let Some(first) = write.entries.first().map(|e| e.index) {
+        if first <= cache.last_index() {
+            wb.delete_range_cf(
+                log,
+                keys::log_key(group, first),
+                keys::log_key(group, u64::MAX),
+            );
+            cache.truncate_from(first);
+        }
+        for entry in &write.entries {
+            wb.put_cf(
+                log,
+                keys::log_key(group, entry.index),
+                record::encode(entry),
+            );
+            cache.push(entry.size_bytes());
+        }
+    }
+    if let Some(hs) = &write.hard_state {
+        wb.put_cf(
+            state,
+            keys::state_key(group, StateKind::HardState),
+            record::encode(hs),
+        );
+    }
+    Ok(())
+}
+
+impl super::RawOp {
+    fn add_to(self, db: &DB, wb: &mut WriteBatch) -> Result<(), StorageError> {
+        let cf = db
+            .cf_handle(self.cf)
+            .ok_or_else(|| StorageError::Engine(format!("column family {} is missing", self.cf)))?;
+        match self.kind {
+            super::RawOpKind::Put { key, value } => wb.put_cf(cf, key, value),
+            super::RawOpKind::Delete { key } => wb.delete_cf(cf, key),
+            super::RawOpKind::DeleteRange { from, to } => wb.delete_range_cf(cf, from, to),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,253 @@
+//! The RocksDB log store on a real disk: conformance, recovery, refusal of
+//! foreign directories and newer formats, corruption detection, group commit
+//! under concurrency, and poisoning on a full disk.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use std::sync::Arc;
+
+use flotilla_wal::keys::{log_key, RAFT_LOG_CF};
+use flotilla_wal::{
+    conformance, Durability, Entry, EntryPayload, HardState, LogStore, LogWrite, RocksLogStore,
+    StorageError,
+};
+
+fn entry(index: u64, term: u64, len: usize) -> Entry {
+    Entry {
+        index,
+        term,
+        payload: EntryPayload::Normal(vec![index as u8; len]),
+    }
+}
+
+fn append(group: u64, entries: Vec<Entry>) -> Vec<LogWrite> {
+    vec![LogWrite {
+        group,
+        entries,
+        ..LogWrite::default()
+    }]
+}
+
+#[test]
+fn passes_the_conformance_suite() {
+    let root = tempfile::tempdir().unwrap();
+    let counter = std::sync::atomic::AtomicU32::new(0);
+    conformance::run_all(|| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        RocksLogStore::open(root.path().join(format!("s{n}")), Durability::Sync).unwrap()
+    });
+}
+
+#[test]
+fn everything_written_is_there_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let hs = HardState {
+        term: 4,
+        vote: 2,
+        commit: 3,
+    };
+    {
+        let store = RocksLogStore::open(dir.path(), Durability::Sync).unwrap();
+        store
+            .write(append(1, (1..=5).map(|i| entry(i, 4, 100)).collect()))
+            .unwrap();
+        store
+            .write(vec![LogWrite {
+                group: 1,
+                hard_state: Some(hs),
+                ..LogWrite::default()
+            }])
+            .unwrap();
+        store.close();
+    }
+    let store = RocksLogStore::open(dir.path(), Durability::Sync).unwrap();
+    assert_eq!(store.hard_state(1).unwrap(), hs);
+    assert_eq!(
+        store.entries(1, 1, 5, u64::MAX).unwrap(),
+        (1..=5).map(|i| entry(i, 4, 100)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn buffered_and_none_durability_still_read_back() {
+    for durability in [
+        Durability::Buffered {
+            max_delay: std::time::Duration::from_millis(2),
+        },
+        Durability::None,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksLogStore::open(dir.path(), durability).unwrap();
+        store
+            .write(append(3, vec![entry(1, 1, 10), entry(2, 1, 10)]))
+            .unwrap();
+        assert_eq!(store.last_index(3).unwrap(), 2, "{durability:?}");
+    }
+}
+
+#[test]
+fn refuses_a_directory_that_is_not_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    let err = RocksLogStore::open(dir.path(), Durability::Sync)
+        .err()
+        .expect("must refuse");
+    assert!(
+        matches!(err, StorageError::NotAFlotillaStore { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not a flotilla store"), "{err}");
+    assert!(
+        dir.path().join("notes.txt").exists(),
+        "the user's file was touched"
+    );
+
+    let file = dir.path().join("notes.txt");
+    let err = RocksLogStore::open(&file, Durability::Sync)
+        .err()
+        .expect("must refuse a file");
+    assert!(
+        matches!(err, StorageError::NotAFlotillaStore { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn refuses_a_plain_rocksdb_and_a_newer_format() {
+    let plain = tempfile::tempdir().unwrap();
+    {
+        let db = rocksdb::DB::open_default(plain.path()).unwrap();
+        db.put(b"k", b"v").unwrap();
+    }
+    let err = RocksLogStore::open(plain.path(), Durability::Sync)
+        .err()
+        .expect("must refuse");
+    assert!(
+        matches!(err, StorageError::NotAFlotillaStore { .. }),
+        "{err}"
+    );
+
+    let newer = tempfile::tempdir().unwrap();
+    RocksLogStore::open(newer.path(), Durability::Sync)
+        .unwrap()
+        .close();
+    {
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), newer.path()).unwrap();
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), newer.path(), cfs).unwrap();
+        let mut marker = b"FLOT".to_vec();
+        marker.extend_from_slice(&99u32.to_be_bytes());
+        db.put(flotilla_wal::keys::FORMAT_KEY, marker).unwrap();
+    }
+    let err = RocksLogStore::open(newer.path(), Durability::Sync)
+        .err()
+        .expect("must refuse");
+    assert!(
+        matches!(err, StorageError::NewerFormat { found: 99, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_flipped_byte_is_reported_with_column_family_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = RocksLogStore::open(dir.path(), Durability::Sync).unwrap();
+        store
+            .write(append(7, (1..=3).map(|i| entry(i, 1, 50)).collect()))
+            .unwrap();
+    }
+    {
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), cfs).unwrap();
+        let cf = db.cf_handle(RAFT_LOG_CF).unwrap();
+        let key = log_key(7, 2);
+        let mut value = db.get_cf(cf, key).unwrap().unwrap();
+        let last = value.len() - 1;
+        value[last] ^= 0x01;
+        db.put_cf(cf, key, value).unwrap();
+    }
+    let store = RocksLogStore::open(dir.path(), Durability::Sync).unwrap();
+    let err = store
+        .entries(7, 1, 3, u64::MAX)
+        .expect_err("corruption must be detected");
+    match &err {
+        StorageError::Corruption { cf, key, .. } => {
+            assert_eq!(*cf, RAFT_LOG_CF);
+            assert_eq!(key, &flotilla_wal::keys::display_key(&log_key(7, 2)));
+        }
+        other => panic!("expected corruption, got {other}"),
+    }
+    assert!(err.is_fatal());
+}
+
+#[test]
+fn concurrent_writers_of_many_groups_all_complete_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RocksLogStore::open(dir.path(), Durability::Sync).unwrap());
+    let threads: Vec<_> = (1..=8u64)
+        .map(|group| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for i in 1..=200 {
+                    store.write(append(group, vec![entry(i, 1, 256)])).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for group in 1..=8 {
+        assert_eq!(store.last_index(group).unwrap(), 200);
+        assert_eq!(store.entries(group, 1, 200, u64::MAX).unwrap().len(), 200);
+    }
+    let groups = store.groups().unwrap();
+    assert_eq!(groups, (1..=8).collect::<Vec<_>>());
+}
+
+/// A full disk makes the write fail; the store is then poisoned and refuses
+/// every later write with a clear error instead of carrying on.
+#[test]
+fn full_disk_poisons_the_store() {
+    let mount = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(mount.path())
+        .status()
+        .expect("running mount");
+    assert!(
+        status.success(),
+        "this test needs root to mount a small tmpfs as a full disk"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mount.path().to_path_buf());
+    let store = RocksLogStore::open(mount.path().join("db"), Durability::Sync).unwrap();
+    let mut first_error = None;
+    for i in 1..=2000u64 {
+        if let Err(e) = store.write(append(1, vec![entry(i, 1, 16 * 1024)])) {
+            first_error = Some(e);
+            break;
+        }
+    }
+    let err = first_error.expect("a 3 MiB disk must fill up");
+    assert!(matches!(err, StorageError::Poisoned { .. }), "{err}");
+    let again = store.write(vec![LogWrite {
+        group: 2,
+        hard_state: Some(HardState {
+            term: 1,
+            vote: 1,
+            commit: 0,
+        }),
+        ..LogWrite::default()
+    }]);
+    assert!(
+        matches!(again, Err(StorageError::Poisoned { .. })),
+        "a poisoned store accepted a write: {again:?}"
+    );
+    assert!(again.unwrap_err().to_string().contains("restart the node"));
+}
