@@ -55,6 +55,7 @@ impl ImageWriter {
         let header = postcard::to_allocvec(applied).map_err(|e| SnapshotError::Corrupt {
             detail: format!("cannot encode the applied state: {e}"),
         })?;
+        check_frame_len(header.len(), "the applied state")?;
         let mut writer = ImageWriter {
             out: Vec::new(),
             crc: crc32fast::Hasher::new(),
@@ -64,11 +65,14 @@ impl ImageWriter {
         Ok(writer)
     }
 
-    /// Adds a key/value pair.
-    pub fn pair(&mut self, key: &[u8], value: &[u8]) {
+    /// Adds a key/value pair. A pair too large for one frame is refused, so
+    /// no image is ever built that a reader would reject.
+    pub fn pair(&mut self, key: &[u8], value: &[u8]) -> Result<(), SnapshotError> {
+        check_frame_len(4 + key.len() + value.len(), "a key/value pair")?;
         let key_len = (key.len() as u32).to_be_bytes();
         self.frame(PAIR, &[&key_len, key, value]);
         self.pairs += 1;
+        Ok(())
     }
 
     /// Bytes ready so far.
@@ -201,6 +205,17 @@ impl ImageReader {
     }
 }
 
+fn check_frame_len(len: usize, what: &str) -> Result<(), SnapshotError> {
+    if len > MAX_FRAME_BYTES {
+        return Err(SnapshotError::TooLarge {
+            what: what.to_string(),
+            bytes: len as u64,
+            max: MAX_FRAME_BYTES as u64,
+        });
+    }
+    Ok(())
+}
+
 fn corrupt(detail: String) -> SnapshotError {
     SnapshotError::Corrupt { detail }
 }
@@ -209,7 +224,7 @@ fn corrupt(detail: String) -> SnapshotError {
 pub fn encode_image(applied: &AppliedState, pairs: &[Pair]) -> Result<Vec<u8>, SnapshotError> {
     let mut writer = ImageWriter::new(applied)?;
     for (key, value) in pairs {
-        writer.pair(key, value);
+        writer.pair(key, value)?;
     }
     let mut out = writer.take();
     out.extend(writer.finish());
@@ -263,6 +278,20 @@ mod tests {
                 image.len()
             );
         }
+    }
+
+    #[test]
+    fn a_pair_larger_than_a_frame_is_refused_when_written() {
+        let (applied, _) = sample();
+        let mut writer = ImageWriter::new(&applied).expect("header");
+        let huge = vec![0u8; MAX_FRAME_BYTES];
+        assert!(matches!(
+            writer.pair(b"k", &huge),
+            Err(SnapshotError::TooLarge { .. })
+        ));
+        writer
+            .pair(b"k", &huge[..MAX_FRAME_BYTES - 5])
+            .expect("the largest pair that fits");
     }
 
     #[test]

@@ -61,6 +61,16 @@ pub enum SnapshotError {
         /// What was wrong.
         detail: String,
     },
+    /// Something is too large to go into a snapshot image; nothing was built.
+    #[error("{what} of {bytes} bytes is too large for a snapshot (at most {max})")]
+    TooLarge {
+        /// What was too large.
+        what: String,
+        /// Its size.
+        bytes: u64,
+        /// The limit.
+        max: u64,
+    },
     /// The underlying store failed (including a corrupt stored chunk, reported
     /// with its column family and key).
     #[error(transparent)]

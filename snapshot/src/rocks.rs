@@ -23,9 +23,7 @@ use std::sync::Arc;
 use flotilla_wal::failpoint;
 use flotilla_wal::keys::{self, SnapshotKind, StateKind, DATA_CF, RAFT_STATE_CF, SNAPSHOT_CF};
 use flotilla_wal::record;
-use flotilla_wal::rocksdb::{
-    ColumnFamily, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB,
-};
+use flotilla_wal::rocksdb::{ColumnFamily, Direction, IteratorMode, ReadOptions, WriteBatch, DB};
 use flotilla_wal::{Extra, GroupId, LogWrite, RawOp, RawOpKind, RocksLogStore, StorageError};
 use serde::{Deserialize, Serialize};
 
@@ -146,6 +144,15 @@ impl RocksSnapshotStore {
         self.log.db()
     }
 
+    /// Writes a batch durably (without a WAL under `Durability::None`, like
+    /// everything else then).
+    fn write_synced(&self, batch: WriteBatch) -> Result<(), SnapshotError> {
+        self.db()
+            .write_opt(batch, &self.log.direct_write_options(true))
+            .map_err(engine)?;
+        Ok(())
+    }
+
     fn descriptor(&self, kind: SnapshotKind) -> Result<Option<Descriptor>, SnapshotError> {
         let db = self.db();
         let key = keys::snapshot_descriptor_key(self.group, kind);
@@ -176,7 +183,8 @@ impl RocksSnapshotStore {
         // A build cut by a crash may have left chunks under this generation.
         let mut clear = WriteBatch::default();
         delete_generation(&mut clear, snapshot_cf, self.group, generation);
-        db.write(clear).map_err(engine)?;
+        db.write_opt(clear, &self.log.direct_write_options(false))
+            .map_err(engine)?;
         let view = db.snapshot();
         let applied = read_applied(db, self.group, Some(&view))?;
         let meta = SnapshotMeta {
@@ -186,12 +194,13 @@ impl RocksSnapshotStore {
         };
         let mut writer = ImageWriter::new(&applied)?;
         let mut offset = 0u64;
+        let unsynced = self.log.direct_write_options(false);
         let mut store_chunks = |bytes: &mut Vec<u8>, all: bool| -> Result<(), SnapshotError> {
             while bytes.len() as u64 >= self.chunk_bytes || (all && !bytes.is_empty()) {
                 let take = bytes.len().min(self.chunk_bytes as usize);
                 let rest = bytes.split_off(take);
                 let key = keys::snapshot_chunk_key(self.group, generation, offset);
-                db.put_cf(snapshot_cf, key, record::encode(bytes))
+                db.put_cf_opt(snapshot_cf, key, record::encode(bytes), &unsynced)
                     .map_err(engine)?;
                 offset += take as u64;
                 *bytes = rest;
@@ -209,7 +218,7 @@ impl RocksSnapshotStore {
             IteratorMode::From(&start, Direction::Forward),
         ) {
             let (key, value) = item.map_err(engine)?;
-            writer.pair(&key[8..], &value);
+            writer.pair(&key[8..], &value)?;
             if writer.ready() as u64 >= self.chunk_bytes {
                 pending.extend(writer.take());
                 store_chunks(&mut pending, false)?;
@@ -236,7 +245,7 @@ impl RocksSnapshotStore {
         if let Some(old) = old {
             delete_generation(&mut batch, snapshot_cf, self.group, old.generation);
         }
-        write_synced(db, batch)?;
+        self.write_synced(batch)?;
         Ok(meta)
     }
 
@@ -290,30 +299,36 @@ impl SnapshotStore for RocksSnapshotStore {
             index: meta.index,
             term: meta.term,
         };
-        let Some(current) = self.descriptor(SnapshotKind::Current)? else {
-            return Err(unavailable);
+        let db = self.db();
+        let snapshot_cf = cf(db, SNAPSHOT_CF)?;
+        // Descriptor and chunks through one view: a build or install that
+        // replaces this snapshot meanwhile makes it unavailable, not torn.
+        let view = db.snapshot();
+        let key = keys::snapshot_descriptor_key(self.group, SnapshotKind::Current);
+        let current: Descriptor = match view.get_cf(snapshot_cf, key).map_err(engine)? {
+            Some(bytes) => record::decode(SNAPSHOT_CF, &key, &bytes)?,
+            None => return Err(unavailable),
         };
         if current.meta != *meta {
             return Err(unavailable);
         }
-        let db = self.db();
-        let snapshot_cf = cf(db, SNAPSHOT_CF)?;
         let want = max_bytes.min(current.bytes.saturating_sub(offset));
         let mut data = Vec::with_capacity(want as usize);
         // The chunk holding `offset` is the last one starting at or before it.
         let seek = keys::snapshot_chunk_key(self.group, current.generation, offset);
-        let mut start = None;
-        let mut back = db.iterator_cf(snapshot_cf, IteratorMode::From(&seek, Direction::Reverse));
+        let mut start = 0;
+        let mut back = view.iterator_cf(snapshot_cf, IteratorMode::From(&seek, Direction::Reverse));
         if let Some(item) = back.next() {
             let (key, _) = item.map_err(engine)?;
             if let Some((g, generation, at)) = keys::parse_snapshot_chunk_key(&key) {
                 if g == self.group && generation == current.generation {
-                    start = Some(at);
+                    start = at;
                 }
             }
         }
-        let from = keys::snapshot_chunk_key(self.group, current.generation, start.unwrap_or(0));
-        for item in db.iterator_cf(snapshot_cf, IteratorMode::From(&from, Direction::Forward)) {
+        let from = keys::snapshot_chunk_key(self.group, current.generation, start);
+        let mut expected = start;
+        for item in view.iterator_cf(snapshot_cf, IteratorMode::From(&from, Direction::Forward)) {
             if data.len() as u64 >= want {
                 break;
             }
@@ -321,10 +336,11 @@ impl SnapshotStore for RocksSnapshotStore {
             let Some((g, generation, at)) = keys::parse_snapshot_chunk_key(&key) else {
                 break;
             };
-            if g != self.group || generation != current.generation {
+            if g != self.group || generation != current.generation || at != expected {
                 break;
             }
             let chunk: Vec<u8> = record::decode(SNAPSHOT_CF, &key, &value)?;
+            expected = at + chunk.len() as u64;
             let skip = offset.saturating_sub(at) as usize;
             let rest = chunk.get(skip..).unwrap_or_default();
             let take = rest.len().min((want - data.len() as u64) as usize);
@@ -400,7 +416,7 @@ impl SnapshotStore for RocksSnapshotStore {
             }),
         );
         failpoint::hit(failpoint::BEFORE_SNAPSHOT_STAGE);
-        write_synced(db, batch)?;
+        self.write_synced(batch)?;
         failpoint::hit(failpoint::AFTER_SNAPSHOT_STAGE);
         Ok(())
     }
@@ -533,13 +549,6 @@ fn delete_generation(
         keys::snapshot_chunk_key(group, generation, 0),
         keys::snapshot_chunk_key(group, generation + 1, 0),
     );
-}
-
-fn write_synced(db: &DB, batch: WriteBatch) -> Result<(), SnapshotError> {
-    let mut options = WriteOptions::default();
-    options.set_sync(true);
-    db.write_opt(batch, &options).map_err(engine)?;
-    Ok(())
 }
 
 fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a ColumnFamily, SnapshotError> {

@@ -51,10 +51,19 @@ impl MemLogStore {
     }
 
     /// Makes the oldest `n` unsynced submissions durable, in submission order
-    /// (the simulator completes syncs one write at a time).
+    /// (the simulator completes syncs one write at a time). An injected sync
+    /// failure makes nothing durable and poisons the store.
     pub fn sync_oldest(&self, n: usize) {
         let mut state = self.lock();
         let state = &mut *state;
+        if state.poisoned.is_some() {
+            return;
+        }
+        if state.fail_next_sync && !state.unsynced.is_empty() {
+            state.fail_next_sync = false;
+            state.poisoned = Some("injected sync failure".to_string());
+            return;
+        }
         for _ in 0..n {
             let Some(writes) = state.unsynced.pop_front() else {
                 break;
@@ -70,14 +79,18 @@ impl MemLogStore {
         self.lock().unsynced.len()
     }
 
-    /// A simulated crash: everything not synced is gone.
+    /// A simulated crash and restart: everything not synced is gone, and the
+    /// store works again from what is durable (as reopening a poisoned
+    /// RocksDB store does).
     pub fn crash(&self) {
         let mut state = self.lock();
         state.unsynced.clear();
         state.live = state.durable.clone();
+        state.poisoned = None;
     }
 
-    /// Makes the next sync fail, which poisons the store.
+    /// Makes the next sync fail, which poisons the store: with `Sync` the
+    /// next write, otherwise the next [`sync_oldest`](Self::sync_oldest).
     pub fn fail_next_sync(&self) {
         self.lock().fail_next_sync = true;
     }
@@ -129,6 +142,7 @@ impl LogStore for MemLogStore {
                     cause: cause.clone(),
                 })
             } else if state.fail_next_sync && self.durability == Durability::Sync {
+                state.fail_next_sync = false;
                 let cause = "injected sync failure".to_string();
                 state.poisoned = Some(cause.clone());
                 Err(StorageError::Poisoned { cause })
@@ -249,6 +263,40 @@ mod tests {
             1,
             "the unsynced entry survived a crash"
         );
+    }
+
+    #[test]
+    fn a_failed_buffered_sync_loses_the_unsynced_and_poisons_until_restart() {
+        let store = MemLogStore::new(Durability::Buffered {
+            max_delay: std::time::Duration::from_millis(5),
+        });
+        let w = |i| {
+            vec![LogWrite {
+                group: 1,
+                entries: vec![Entry {
+                    term: 1,
+                    index: i,
+                    payload: EntryPayload::Blank,
+                }],
+                ..LogWrite::default()
+            }]
+        };
+        store.write(w(1)).unwrap();
+        store.fail_next_sync();
+        store.sync();
+        assert!(matches!(
+            store.write(w(2)),
+            Err(StorageError::Poisoned { .. })
+        ));
+        store.crash();
+        assert_eq!(
+            store.last_index(1).unwrap(),
+            0,
+            "the failed sync made entry 1 durable"
+        );
+        store
+            .write(w(1))
+            .expect("a restarted store takes writes again");
     }
 
     #[test]

@@ -115,14 +115,7 @@ pub trait LogStore: Send + Sync {
     fn membership(&self, group: GroupId) -> Result<Membership, StorageError> {
         let snapshot = self.snapshot_meta(group)?;
         let entries = self.entries(group, snapshot.index + 1, self.last_index(group)?, u64::MAX)?;
-        Ok(entries
-            .iter()
-            .rev()
-            .find_map(|e| match &e.payload {
-                EntryPayload::Membership(m) => Some(m.clone()),
-                _ => None,
-            })
-            .unwrap_or(snapshot.membership))
+        Ok(last_membership(&entries).unwrap_or(snapshot.membership))
     }
 }
 
@@ -177,4 +170,12 @@ pub(crate) fn check_writes(
         after.insert(group, (snapshot, last));
     }
     Ok(())
+}
+
+/// The last membership entry among `entries`.
+pub(crate) fn last_membership(entries: &[Entry]) -> Option<Membership> {
+    entries.iter().rev().find_map(|e| match &e.payload {
+        EntryPayload::Membership(m) => Some(m.clone()),
+        _ => None,
+    })
 }

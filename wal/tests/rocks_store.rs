@@ -205,28 +205,46 @@ fn concurrent_writers_of_many_groups_all_complete_in_order() {
     assert_eq!(groups, (1..=8).collect::<Vec<_>>());
 }
 
-/// A full disk makes the write fail; the store is then poisoned and refuses
-/// every later write with a clear error instead of carrying on.
+/// A write the OS refuses makes the store poisoned: it refuses every later
+/// write with a clear error instead of carrying on. The refusal comes from a
+/// file-size limit (RLIMIT_FSIZE, so `write` fails with EFBIG exactly as it
+/// would fail with ENOSPC on a full disk), set in a child process running
+/// [`full_disk_child`] so the limit touches nothing else, and needs no root.
 #[test]
 fn full_disk_poisons_the_store() {
-    let mount = tempfile::tempdir().unwrap();
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
-        .arg(mount.path())
-        .status()
-        .expect("running mount");
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "full_disk_child", "--nocapture"])
+        .env("FLOTILLA_FULL_DISK_DIR", dir.path())
+        .output()
+        .expect("running the child");
+    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        status.success(),
-        "this test needs root to mount a small tmpfs as a full disk"
+        output.status.success() && stdout.contains("poisoned as expected"),
+        "the child did not see the store poisoned:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
     );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
+}
+
+/// The child half of [`full_disk_poisons_the_store`]; run alone it does nothing useful.
+#[test]
+#[ignore = "run by full_disk_poisons_the_store in a child process"]
+fn full_disk_child() {
+    let dir = std::path::PathBuf::from(
+        std::env::var("FLOTILLA_FULL_DISK_DIR").expect("started by full_disk_poisons_the_store"),
+    );
+    let store = RocksLogStore::open(dir.join("db"), Durability::Sync).unwrap();
+    // From here on no file of this process may grow past 2 MiB; the WAL will.
+    // SAFETY: setrlimit and signal with valid arguments have no memory-safety
+    // preconditions; ignoring SIGXFSZ turns the over-limit write into EFBIG.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        let limit = libc::rlimit {
+            rlim_cur: 2 << 20,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
     }
-    let _guard = Unmount(mount.path().to_path_buf());
-    let store = RocksLogStore::open(mount.path().join("db"), Durability::Sync).unwrap();
     let mut first_error = None;
     for i in 1..=2000u64 {
         if let Err(e) = store.write(append(1, vec![entry(i, 1, 16 * 1024)])) {
@@ -234,7 +252,7 @@ fn full_disk_poisons_the_store() {
             break;
         }
     }
-    let err = first_error.expect("a 3 MiB disk must fill up");
+    let err = first_error.expect("32 MB of writes must cross a 2 MiB file limit");
     assert!(matches!(err, StorageError::Poisoned { .. }), "{err}");
     let again = store.write(vec![LogWrite {
         group: 2,
@@ -250,4 +268,24 @@ fn full_disk_poisons_the_store() {
         "a poisoned store accepted a write: {again:?}"
     );
     assert!(again.unwrap_err().to_string().contains("restart the node"));
+    println!("poisoned as expected");
+}
+
+/// A crash while a new store was being created leaves only its staging
+/// directory; the next open clears it and creates the store, instead of
+/// refusing a half-made directory forever.
+#[test]
+fn a_creation_cut_short_by_a_crash_is_redone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let staging = dir.path().join("store.creating");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(staging.join("LOG"), b"half-made").unwrap();
+    {
+        let store = RocksLogStore::open(&path, Durability::Sync).unwrap();
+        store.write(append(1, vec![entry(1, 1, 8)])).unwrap();
+    }
+    assert!(!staging.exists(), "the staging directory was left behind");
+    let store = RocksLogStore::open(&path, Durability::Sync).unwrap();
+    assert_eq!(store.last_index(1).unwrap(), 1);
 }

@@ -264,18 +264,42 @@ fn child(dir: &str, seed: u64) -> ExitCode {
     }
 }
 
-/// Reads the whole store into a model.
-fn read_store(store: &RocksLogStore) -> Result<Model, StorageError> {
+/// Reads the whole store into a model, checking that the raw log holds no
+/// entry the model cannot see (left behind by a truncation or compaction)
+/// and that the store's byte count matches what it holds.
+fn read_store(store: &RocksLogStore) -> Result<Model, String> {
     let mut model = Model::default();
-    for group in store.groups()? {
+    let groups = store.groups().map_err(|e| e.to_string())?;
+    for group in groups {
         if group == snapshots::GROUP {
             continue;
         }
-        let snapshot = store.snapshot_meta(group)?;
-        let last = store.last_index(group)?;
-        let entries = store.entries(group, snapshot.index + 1, last, u64::MAX)?;
+        let snapshot = store.snapshot_meta(group).map_err(|e| e.to_string())?;
+        let last = store.last_index(group).map_err(|e| e.to_string())?;
+        let entries = store
+            .entries(group, snapshot.index + 1, last, u64::MAX)
+            .map_err(|e| e.to_string())?;
+        let raw = raw_log_indexes(store, group)?;
+        let seen: Vec<Index> = entries.iter().map(|e| e.index).collect();
+        if raw != seen {
+            return Err(format!(
+                "group {group}: the log holds entries {:?}..{:?} ({} of them), readable are {} after snapshot {}",
+                raw.first(),
+                raw.last(),
+                raw.len(),
+                seen.len(),
+                snapshot.index
+            ));
+        }
+        let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
+        let counted = store.log_bytes(group).map_err(|e| e.to_string())?;
+        if counted != bytes {
+            return Err(format!(
+                "group {group}: log_bytes says {counted}, the entries count {bytes}"
+            ));
+        }
         let g = GroupModel {
-            hard_state: store.hard_state(group)?,
+            hard_state: store.hard_state(group).map_err(|e| e.to_string())?,
             entries: entries.into_iter().map(|e| (e.index, e)).collect(),
             snapshot,
         };
@@ -284,6 +308,25 @@ fn read_store(store: &RocksLogStore) -> Result<Model, StorageError> {
         }
     }
     Ok(model)
+}
+
+/// Every index stored under `group` in the raw log column family.
+fn raw_log_indexes(store: &RocksLogStore, group: GroupId) -> Result<Vec<Index>, String> {
+    use flotilla_wal::rocksdb::{Direction, IteratorMode};
+    let db = store.db();
+    let cf = db
+        .cf_handle(flotilla_wal::keys::RAFT_LOG_CF)
+        .ok_or("no raft_log column family")?;
+    let start = flotilla_wal::keys::log_key(group, 0);
+    let mut out = Vec::new();
+    for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
+        let (key, _) = item.map_err(|e| e.to_string())?;
+        match flotilla_wal::keys::parse_log_key(&key) {
+            Some((g, index)) if g == group => out.push(index),
+            _ => break,
+        }
+    }
+    Ok(out)
 }
 
 fn main() -> ExitCode {

@@ -19,6 +19,7 @@ use crate::Rng;
 /// The group the snapshot workload runs on (the log workload uses 1..=4).
 pub(crate) const GROUP: u64 = 100;
 const STORED_CHUNK_BYTES: u64 = 512;
+const APPEND_ENTRIES: u64 = 3;
 
 /// One operation of the workload.
 #[derive(Clone, Debug)]
@@ -27,6 +28,8 @@ pub(crate) enum Op {
     Apply,
     /// Build a local snapshot.
     Build,
+    /// Append a few entries to the group's log (an install must drop them).
+    Append,
     /// Stage bytes `offset..offset + len` of a received image.
     Stage { image: usize, offset: u64, len: u64 },
     /// Install a fully staged image.
@@ -46,9 +49,11 @@ pub(crate) struct Remote {
 pub(crate) struct State {
     applied: AppliedState,
     data: BTreeMap<Vec<u8>, Vec<u8>>,
-    current: Option<SnapshotMeta>,
+    /// The current snapshot and what its image holds.
+    current: Option<(SnapshotMeta, AppliedState, Vec<Pair>)>,
     staged: Option<(SnapshotMeta, u64)>,
     log_snapshot: SnapshotMeta,
+    log_last: u64,
 }
 
 fn membership() -> Membership {
@@ -82,12 +87,15 @@ impl State {
                 self.applied = applied;
             }
             Op::Build => {
-                self.current = Some(SnapshotMeta {
+                let meta = SnapshotMeta {
                     index: self.applied.index,
                     term: self.applied.term,
                     membership: self.applied.membership.clone(),
-                });
+                };
+                let pairs = self.data.clone().into_iter().collect();
+                self.current = Some((meta, self.applied.clone(), pairs));
             }
+            Op::Append => self.log_last += APPEND_ENTRIES,
             Op::Stage { image, offset, len } => {
                 let meta = remotes[*image].meta.clone();
                 self.staged = Some((meta, offset + len));
@@ -96,9 +104,14 @@ impl State {
                 let remote = &remotes[*image];
                 self.applied = remote.applied.clone();
                 self.data = remote.pairs.iter().cloned().collect();
-                self.current = Some(remote.meta.clone());
+                self.current = Some((
+                    remote.meta.clone(),
+                    remote.applied.clone(),
+                    remote.pairs.clone(),
+                ));
                 self.staged = None;
                 self.log_snapshot = remote.meta.clone();
+                self.log_last = remote.meta.index;
             }
         }
     }
@@ -128,9 +141,14 @@ pub(crate) fn plan(seed: u64, count: usize) -> (Vec<Op>, Vec<Remote>) {
                     }
                 }
             }
-            Some(_) => Op::Apply,
+            Some(_) => match rng.below(3) {
+                0 => Op::Build,
+                1 => Op::Append,
+                _ => Op::Apply,
+            },
             None => match rng.below(20) {
-                0..=12 => Op::Apply,
+                0..=10 => Op::Apply,
+                11..=12 => Op::Append,
                 13..=15 => Op::Build,
                 _ => {
                     let index = state.applied.index + 20 + rng.below(50);
@@ -198,6 +216,21 @@ pub(crate) fn run(
             GroupData::new(Arc::clone(log), GROUP).apply(&applied, vec![DataOp::Put(key, value)])
         }
         Op::Build => store.build().map(|_| ()),
+        Op::Append => {
+            let entries = (state.log_last + 1..=state.log_last + APPEND_ENTRIES)
+                .map(|index| flotilla_wal::Entry {
+                    index,
+                    term: 1,
+                    payload: flotilla_wal::EntryPayload::Normal(vec![index as u8; 40]),
+                })
+                .collect();
+            let write = flotilla_wal::LogWrite {
+                group: GROUP,
+                entries,
+                ..flotilla_wal::LogWrite::default()
+            };
+            Ok(log.write(vec![write])?)
+        }
         Op::Stage { image, offset, len } => {
             let remote = &remotes[*image];
             let bytes = &remote.bytes[*offset as usize..(offset + len) as usize];
@@ -221,34 +254,41 @@ pub(crate) fn state_after(ops: &[Op], remotes: &[Remote], n: usize) -> State {
     state
 }
 
-/// Reads the group's durable state back, checking that the current snapshot
-/// is whole: it reads back completely and decodes to its own metadata.
+/// Reads the group's durable state back, including the current snapshot's
+/// whole image: it must read back completely and decode.
 pub(crate) fn read(log: &Arc<RocksLogStore>) -> Result<State, String> {
     let data = GroupData::new(Arc::clone(log), GROUP);
     let store = open_store(log);
-    let current = store.current();
-    if let Some(meta) = &current {
-        let mut image = Vec::new();
-        loop {
-            let chunk = store
-                .read_chunk(meta, image.len() as u64, 4096)
-                .map_err(|e| format!("current snapshot unreadable: {e}"))?;
-            image.extend(chunk.data);
-            if chunk.done {
-                break;
+    let current = match store.current() {
+        None => None,
+        Some(meta) => {
+            let mut image = Vec::new();
+            loop {
+                let chunk = store
+                    .read_chunk(&meta, image.len() as u64, 4096)
+                    .map_err(|e| format!("current snapshot unreadable: {e}"))?;
+                image.extend(chunk.data);
+                if chunk.done {
+                    break;
+                }
             }
+            let mut reader = flotilla_snapshot::image::ImageReader::new();
+            let frames = reader
+                .feed(&image)
+                .and_then(|f| reader.finish().map(|_| f))
+                .map_err(|e| format!("torn snapshot: {e}"))?;
+            let mut header = None;
+            let mut pairs = Vec::new();
+            for frame in frames {
+                match frame {
+                    flotilla_snapshot::image::Frame::Header(h) => header = Some(h),
+                    flotilla_snapshot::image::Frame::Pair(k, v) => pairs.push((k, v)),
+                }
+            }
+            let header = header.ok_or("snapshot image without a header")?;
+            Some((meta, header, pairs))
         }
-        let mut reader = flotilla_snapshot::image::ImageReader::new();
-        let frames = reader
-            .feed(&image)
-            .and_then(|f| reader.finish().map(|_| f))
-            .map_err(|e| format!("torn snapshot: {e}"))?;
-        match frames.first() {
-            Some(flotilla_snapshot::image::Frame::Header(h))
-                if h.index == meta.index && h.term == meta.term => {}
-            other => return Err(format!("snapshot {meta:?} holds header {other:?}")),
-        }
-    }
+    };
     Ok(State {
         applied: data.applied().map_err(|e| e.to_string())?,
         data: data
@@ -259,5 +299,6 @@ pub(crate) fn read(log: &Arc<RocksLogStore>) -> Result<State, String> {
         current,
         staged: store.staged(),
         log_snapshot: log.snapshot_meta(GROUP).map_err(|e| e.to_string())?,
+        log_last: log.last_index(GROUP).map_err(|e| e.to_string())?,
     })
 }

@@ -77,6 +77,7 @@ pub enum Extra {
 /// The RocksDB-backed [`LogStore`].
 pub struct RocksLogStore {
     db: Arc<DB>,
+    durability: Durability,
     tx: Option<Sender<WriteRequest>>,
     writer: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -88,29 +89,11 @@ impl RocksLogStore {
     /// something else, or a store written by a newer format.
     pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
-        let existed = check_directory(&path)?;
-        let mut options = Options::default();
-        options.create_if_missing(true);
-        options.create_missing_column_families(true);
-        // Without a WAL (Durability::None) column families flush separately;
-        // atomic flush keeps the log, its state and the data in step.
-        options.set_atomic_flush(true);
-        let mut cfs: Vec<String> = if existed {
-            DB::list_cf(&options, &path).map_err(|e| not_a_store(&path, e.as_ref()))?
-        } else {
-            Vec::new()
-        };
-        for name in ["default", RAFT_LOG_CF, RAFT_STATE_CF, SNAPSHOT_CF, DATA_CF] {
-            if !cfs.iter().any(|c| c == name) {
-                cfs.push(name.to_string());
-            }
+        if !check_directory(&path)? {
+            create(&path)?;
         }
-        let descriptors = cfs
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-        let db = DB::open_cf_descriptors(&options, &path, descriptors).map_err(|e| engine(&e))?;
-        check_format(&db, &path, existed)?;
-        let db = Arc::new(db);
+        let db = Arc::new(open_db(&path)?);
+        check_format(&db, &path)?;
         let shared = Arc::new(Shared::default());
         let (tx, rx) = crossbeam_channel::bounded(MAX_QUEUED_REQUESTS);
         let writer =
@@ -119,11 +102,29 @@ impl RocksLogStore {
             })?;
         Ok(RocksLogStore {
             db,
+            durability,
             tx: Some(tx),
             writer: Some(writer),
             shared,
             path,
         })
+    }
+
+    /// How durable acknowledged writes are.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Write options for writes made outside the writer (snapshot chunks):
+    /// synced, or without a WAL under `Durability::None` so that they cannot
+    /// outlive the writes they belong with.
+    pub fn direct_write_options(&self, sync: bool) -> rocksdb::WriteOptions {
+        let mut options = rocksdb::WriteOptions::default();
+        match self.durability {
+            Durability::None => options.disable_wal(true),
+            _ => options.set_sync(sync),
+        }
+        options
     }
 
     /// The directory the store lives in.
@@ -211,6 +212,16 @@ impl Drop for RocksLogStore {
 impl LogStore for RocksLogStore {
     fn submit(&self, writes: Vec<LogWrite>, done: Completion) {
         self.submit_with(writes, Extra::None, done);
+    }
+
+    fn membership(&self, group: GroupId) -> Result<crate::Membership, StorageError> {
+        // The snapshot metadata and the entries after it must come from the
+        // same moment: hold the writer's lock so no compaction lands between.
+        let _writer_paused = self.shared.caches();
+        let snapshot = self.snapshot_meta(group)?;
+        let last = self.last_index(group)?;
+        let entries = self.entries(group, snapshot.index + 1, last, u64::MAX)?;
+        Ok(crate::store::last_membership(&entries).unwrap_or(snapshot.membership))
     }
 
     fn log_bytes(&self, group: GroupId) -> Result<u64, StorageError> {
@@ -360,7 +371,74 @@ fn check_directory(path: &Path) -> Result<bool, StorageError> {
     Ok(false)
 }
 
-fn check_format(db: &DB, path: &Path, existed: bool) -> Result<(), StorageError> {
+fn db_options() -> Options {
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    // Without a WAL (Durability::None) column families flush separately;
+    // atomic flush keeps the log, its state and the data in step.
+    options.set_atomic_flush(true);
+    options
+}
+
+fn open_db(path: &Path) -> Result<DB, StorageError> {
+    let options = db_options();
+    let mut cfs: Vec<String> = if path.join("CURRENT").is_file() {
+        DB::list_cf(&options, path).map_err(|e| not_a_store(path, e.as_ref()))?
+    } else {
+        Vec::new()
+    };
+    for name in ["default", RAFT_LOG_CF, RAFT_STATE_CF, SNAPSHOT_CF, DATA_CF] {
+        if !cfs.iter().any(|c| c == name) {
+            cfs.push(name.to_string());
+        }
+    }
+    let descriptors = cfs
+        .iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    DB::open_cf_descriptors(&options, path, descriptors).map_err(|e| engine(&e))
+}
+
+/// Creates a new store in a sibling directory and renames it into place once
+/// its format marker is durable, so a crash during creation leaves either no
+/// store or a whole one — never a directory every later open refuses.
+fn create(path: &Path) -> Result<(), StorageError> {
+    let io = |what: &str, e: std::io::Error| {
+        StorageError::Engine(format!("cannot {what} {}: {e}", path.display()))
+    };
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| io("create the parent of", e))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| not_a_store(path, "it names no directory"))?;
+    let mut staging_name = name.to_os_string();
+    staging_name.push(".creating");
+    let staging = parent.join(staging_name);
+    // Left by a creation that crashed: it never held anything acknowledged.
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|e| io("clear the staging directory of", e))?;
+    }
+    {
+        let db = open_db(&staging)?;
+        let mut marker = FORMAT_MAGIC.to_vec();
+        marker.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        db.put_opt(FORMAT_KEY, marker, &opts)
+            .map_err(|e| engine(&e))?;
+    }
+    // rename(2) replaces an empty directory atomically.
+    std::fs::rename(&staging, path).map_err(|e| io("move the new store into", e))?;
+    std::fs::File::open(&parent)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| io("sync the directory holding", e))?;
+    Ok(())
+}
+
+fn check_format(db: &DB, path: &Path) -> Result<(), StorageError> {
     match db.get(FORMAT_KEY).map_err(|e| engine(&e))? {
         Some(marker) => {
             if marker.len() != 8 || &marker[..4] != FORMAT_MAGIC {
@@ -376,17 +454,9 @@ fn check_format(db: &DB, path: &Path, existed: bool) -> Result<(), StorageError>
             }
             Ok(())
         }
-        None if existed => Err(not_a_store(
+        None => Err(not_a_store(
             path,
             "a RocksDB database without flotilla's format marker",
         )),
-        None => {
-            let mut marker = FORMAT_MAGIC.to_vec();
-            marker.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
-            let mut opts = rocksdb::WriteOptions::default();
-            opts.set_sync(true);
-            db.put_opt(FORMAT_KEY, marker, &opts)
-                .map_err(|e| engine(&e))
-        }
     }
 }
