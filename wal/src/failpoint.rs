@@ -10,6 +10,8 @@ pub const BEFORE_LOG_WRITE: &str = "before-log-write";
 pub const AFTER_LOG_SYNC: &str = "after-log-sync";
 /// Before a batch that carries a hard-state change is written.
 pub const BEFORE_HARD_STATE_WRITE: &str = "before-hard-state-write";
+/// After a batch that carries a hard-state change is synced.
+pub const AFTER_HARD_STATE_WRITE: &str = "after-hard-state-write";
 /// Before a batch that compacts a log is written.
 pub const BEFORE_COMPACTION: &str = "before-compaction";
 /// After a batch that compacts a log is synced.
@@ -25,10 +27,11 @@ pub const BEFORE_SNAPSHOT_INSTALL: &str = "before-snapshot-install";
 pub const AFTER_SNAPSHOT_INSTALL: &str = "after-snapshot-install";
 
 /// Every fail point, for tests that pick one at random.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 10] = [
     BEFORE_LOG_WRITE,
     AFTER_LOG_SYNC,
     BEFORE_HARD_STATE_WRITE,
+    AFTER_HARD_STATE_WRITE,
     BEFORE_COMPACTION,
     AFTER_COMPACTION,
     BEFORE_SNAPSHOT_STAGE,

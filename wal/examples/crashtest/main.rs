@@ -11,8 +11,8 @@
 //! a snapshot workload on a fifth group (`snapshots.rs`): applies, snapshot
 //! builds, received snapshots staged in pieces and installed. The child dies
 //! by SIGKILL — from the parent at a random moment, or by itself at a named
-//! fail point (before the log write, after the sync, before a hard-state
-//! write, around a compaction, around staging a snapshot chunk and around a
+//! fail point (around the log write and its sync, around a hard-state write,
+//! around a compaction, around staging a snapshot chunk and around a
 //! snapshot install). The parent then reopens the store and compares it with
 //! the models: the logs must equal the state after exactly `j` writes for some
 //! `j` no smaller than the last acknowledged write, and the snapshot group's

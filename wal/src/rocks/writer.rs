@@ -208,6 +208,9 @@ impl Writer {
         }
         drop(caches);
         failpoint::hit(failpoint::AFTER_LOG_SYNC);
+        if hard_state {
+            failpoint::hit(failpoint::AFTER_HARD_STATE_WRITE);
+        }
         if compaction {
             failpoint::hit(failpoint::AFTER_COMPACTION);
         }
