@@ -1,4 +1,66 @@
-//! Transport trait and QUIC with mutual TLS between nodes (not yet implemented).
+//! flotilla-net: QUIC with mutual TLS between flotilla nodes.
 //!
-//! This crate is a placeholder in the flotilla workspace: its capability arrives with a
-//! later issue and it exports nothing yet.
+//! Every node holds a certificate from the cluster CA naming its node id
+//! ([`tls`]). A connection is accepted only if the client presents a valid
+//! certificate from that CA (checked in the TLS handshake: no certificate,
+//! another CA or an expired one fail there) *and* its first frame claims the
+//! node id that certificate names ([`endpoint`]); anything else is refused and
+//! logged before a single message is handed on. Frames ([`frame`]) are
+//! versioned and length-checked.
+//!
+//! Not here yet (issue 4): long-lived per-peer connections multiplexing all
+//! groups with separate Raft and snapshot streams, reconnect with backoff,
+//! bounded send queues, the fault-injecting wrapper.
+
+pub mod endpoint;
+pub mod frame;
+pub mod tls;
+
+pub use endpoint::{Node, PeerConnection};
+pub use frame::{Frame, FrameKind, FRAME_VERSION, MAX_FRAME_BYTES};
+use thiserror::Error;
+pub use tls::{ClusterCa, Identity};
+
+/// What went wrong in the transport.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NetError {
+    /// Certificates or keys could not be made or used.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// A peer was refused: bad or missing certificate, wrong node id, wrong protocol.
+    #[error("connection from {peer} refused: {why}")]
+    Refused {
+        /// The peer's address.
+        peer: std::net::SocketAddr,
+        /// Why.
+        why: String,
+    },
+    /// Connecting to a peer failed.
+    #[error("cannot connect to node {node} at {addr}: {why}")]
+    Connect {
+        /// The node.
+        node: u64,
+        /// Its address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        why: String,
+    },
+    /// A frame broke the format; the stream it came on is closed.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// A frame longer than allowed; the stream it came on is closed.
+    #[error("frame of {bytes} bytes is over the {max}-byte limit")]
+    FrameTooLarge {
+        /// Claimed or attempted size.
+        bytes: u64,
+        /// The limit.
+        max: u32,
+    },
+    /// Socket or stream IO failed.
+    #[error("network IO failed: {0}")]
+    Io(String),
+    /// The connection is closed.
+    #[error("connection closed: {0}")]
+    Closed(String),
+}
