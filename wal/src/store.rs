@@ -81,14 +81,7 @@ pub trait LogStore: Send + Sync {
 
     /// Writes and waits for durability.
     fn write(&self, writes: Vec<LogWrite>) -> Result<(), StorageError> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.submit(
-            writes,
-            Box::new(move |result| {
-                let _ = tx.send(result);
-            }),
-        );
-        rx.recv().unwrap_or(Err(StorageError::Closed))
+        wait_for(|done| self.submit(writes, done))
     }
 
     /// Index of the first entry of `group` held in the log.
@@ -178,4 +171,13 @@ pub(crate) fn last_membership(entries: &[Entry]) -> Option<Membership> {
         EntryPayload::Membership(m) => Some(m.clone()),
         _ => None,
     })
+}
+
+/// Runs `submit` with a completion and blocks until it is called.
+pub(crate) fn wait_for(submit: impl FnOnce(Completion)) -> Result<(), StorageError> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    submit(Box::new(move |result| {
+        let _ = tx.send(result);
+    }));
+    rx.recv().unwrap_or(Err(StorageError::Closed))
 }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 
 use rocksdb::{Direction, IteratorMode, DB};
 
-use super::engine;
+use super::{cf_handle, engine};
 use crate::error::StorageError;
 use crate::keys::{self, StateKind, RAFT_LOG_CF, RAFT_STATE_CF};
 use crate::record;
@@ -105,13 +105,8 @@ impl GroupCaches {
 
 /// Reads a group's snapshot metadata and every entry's size from disk.
 fn load(db: &DB, group: GroupId) -> Result<LogCache, StorageError> {
-    let missing = |name: &str| StorageError::Engine(format!("column family {name} is missing"));
-    let state = db
-        .cf_handle(RAFT_STATE_CF)
-        .ok_or_else(|| missing(RAFT_STATE_CF))?;
-    let log = db
-        .cf_handle(RAFT_LOG_CF)
-        .ok_or_else(|| missing(RAFT_LOG_CF))?;
+    let state = cf_handle(db, RAFT_STATE_CF)?;
+    let log = cf_handle(db, RAFT_LOG_CF)?;
     let meta_key = keys::state_key(group, StateKind::SnapshotMeta);
     let snapshot: SnapshotMeta = match db.get_cf(state, meta_key).map_err(|e| engine(&e))? {
         Some(bytes) => record::decode(RAFT_STATE_CF, &meta_key, &bytes)?,

@@ -157,15 +157,7 @@ impl RocksLogStore {
 
     /// [`submit_with`](Self::submit_with), waiting for durability.
     pub fn write_with(&self, writes: Vec<LogWrite>, extra: Extra) -> Result<(), StorageError> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.submit_with(
-            writes,
-            extra,
-            Box::new(move |result| {
-                let _ = tx.send(result);
-            }),
-        );
-        rx.recv().unwrap_or(Err(StorageError::Closed))
+        crate::store::wait_for(|done| self.submit_with(writes, extra, done))
     }
 
     /// Stops the writer after it finishes the queued writes.
@@ -181,9 +173,7 @@ impl RocksLogStore {
     }
 
     fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, StorageError> {
-        self.db
-            .cf_handle(name)
-            .ok_or_else(|| StorageError::Engine(format!("column family {name} is missing")))
+        cf_handle(&self.db, name)
     }
 
     fn state<T: serde::de::DeserializeOwned + Default>(
@@ -321,9 +311,7 @@ impl LogStore for RocksLogStore {
 
 /// The last log index of `group` present in the log column family.
 pub(crate) fn last_log_index(db: &DB, group: GroupId) -> Result<Option<Index>, StorageError> {
-    let cf = db
-        .cf_handle(RAFT_LOG_CF)
-        .ok_or_else(|| StorageError::Engine("column family raft_log is missing".into()))?;
+    let cf = cf_handle(db, RAFT_LOG_CF)?;
     let end = keys::log_key(group, u64::MAX);
     let mut iter = db.iterator_cf(cf, IteratorMode::From(&end, Direction::Reverse));
     match iter.next() {
@@ -335,6 +323,15 @@ pub(crate) fn last_log_index(db: &DB, group: GroupId) -> Result<Option<Index>, S
         }
         None => Ok(None),
     }
+}
+
+/// A column family's handle, or an error naming the missing one.
+pub(crate) fn cf_handle<'a>(
+    db: &'a DB,
+    name: &str,
+) -> Result<&'a rocksdb::ColumnFamily, StorageError> {
+    db.cf_handle(name)
+        .ok_or_else(|| StorageError::Engine(format!("column family {name} is missing")))
 }
 
 pub(crate) fn engine(e: &rocksdb::Error) -> StorageError {

@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rocksdb::{ColumnFamily, WriteBatch, WriteOptions, DB};
 
 use super::cache::{GroupCaches, LogCache};
-use super::{Extra, RawOpKind, MAX_BATCH_REQUESTS};
+use super::{cf_handle, Extra, RawOpKind, MAX_BATCH_REQUESTS};
 use crate::error::StorageError;
 use crate::failpoint;
 use crate::keys::{self, StateKind, RAFT_LOG_CF, RAFT_STATE_CF};
@@ -254,11 +254,6 @@ impl Writer {
         }
         Ok(())
     }
-}
-
-fn cf_handle<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily, StorageError> {
-    db.cf_handle(name)
-        .ok_or_else(|| StorageError::Engine(format!("column family {name} is missing")))
 }
 
 /// How long the writer polls for the next request before it sleeps. A
