@@ -40,6 +40,7 @@
 //! from one seed and checks Raft's safety properties after every step.
 
 mod codec;
+pub mod kv;
 mod raft;
 pub mod sim;
 

@@ -86,6 +86,69 @@ pub fn data_range(group: GroupId) -> (Vec<u8>, Vec<u8>) {
     (start, end)
 }
 
+/// Number of shards every user key hashes to. Fixed for the life of a store:
+/// a key's shard is part of how it is stored.
+pub const SHARDS: u16 = 16;
+
+/// Shard prefix reserved for the state machine's own records (client sessions).
+const INTERNAL_SHARD: u16 = u16::MAX;
+
+/// The shard `key` belongs to (FNV-1a, so every node and version agrees).
+pub fn shard_of(key: &[u8]) -> u16 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in key {
+        hash ^= u32::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    (hash % u32::from(SHARDS)) as u16
+}
+
+/// A user key inside a group's data: `shard ‖ key`. Combine with [`data_key`].
+pub fn user_key(key: &[u8]) -> Vec<u8> {
+    shard_key(shard_of(key), key)
+}
+
+/// `key` under `shard` (which must be the key's own shard for user data).
+pub fn shard_key(shard: u16, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + key.len());
+    out.extend_from_slice(&shard.to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+/// Splits a group-data key (without the group prefix) into shard and user
+/// key; `None` for the internal records.
+pub fn parse_user_key(inner: &[u8]) -> Option<(u16, &[u8])> {
+    if inner.len() < 2 {
+        return None;
+    }
+    let shard = u16::from_be_bytes([inner[0], inner[1]]);
+    (shard != INTERNAL_SHARD).then(|| (shard, &inner[2..]))
+}
+
+/// Key of client `client`'s session record inside a group's data.
+pub fn session_key(client: u64) -> Vec<u8> {
+    shard_key(INTERNAL_SHARD, &client.to_be_bytes())
+}
+
+/// Range (inner keys) holding every session record.
+pub fn session_range() -> (Vec<u8>, Vec<u8>) {
+    (
+        INTERNAL_SHARD.to_be_bytes().to_vec(),
+        vec![
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ],
+    )
+}
+
+/// Decodes the client id of a session key.
+pub fn parse_session_key(inner: &[u8]) -> Option<u64> {
+    if inner.len() != 10 || inner[..2] != INTERNAL_SHARD.to_be_bytes() {
+        return None;
+    }
+    Some(u64::from_be_bytes(inner[2..].try_into().ok()?))
+}
+
 /// Key of a snapshot descriptor of `group`.
 pub fn snapshot_descriptor_key(group: GroupId, kind: SnapshotKind) -> [u8; 9] {
     let mut key = [0u8; 9];
@@ -123,6 +186,27 @@ pub fn display_key(key: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_keys_stay_apart_from_sessions_and_round_trip() {
+        for key in [&b""[..], b"a", b"\xff\xff\xff", b"some longer key"] {
+            let inner = user_key(key);
+            assert_eq!(parse_user_key(&inner), Some((shard_of(key), key)));
+            assert_eq!(parse_session_key(&inner), None);
+        }
+        let (start, end) = session_range();
+        let session = session_key(u64::MAX);
+        assert!(session >= start && session < end);
+        assert_eq!(parse_session_key(&session), Some(u64::MAX));
+        assert_eq!(parse_user_key(&session), None);
+        let shards: std::collections::BTreeSet<u16> =
+            (0..1000u32).map(|i| shard_of(&i.to_be_bytes())).collect();
+        assert_eq!(
+            shards.len(),
+            usize::from(SHARDS),
+            "keys spread over every shard"
+        );
+    }
 
     #[test]
     fn log_keys_sort_by_group_then_index() {

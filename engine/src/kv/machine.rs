@@ -1,0 +1,339 @@
+//! The key/value state machine: applies committed commands deterministically,
+//! exactly once per client sequence number, and says what to write.
+//!
+//! Sans-IO like the Raft core: it reads current values through a [`KvView`]
+//! and returns the writes ([`KvWrite`]) and replies of a batch; the runtime
+//! commits those writes together with the applied index in one batch.
+
+use std::collections::BTreeMap;
+
+use flotilla_wal::{keys, Index};
+
+use crate::kv::command::{self, Command, CommandError, WriteOp, WriteReply};
+use crate::kv::sessions::{Session, SessionChange, SessionLimits, Sessions};
+
+/// Read access to a group's current data, by inner key (`keys::user_key`).
+pub trait KvView {
+    /// The stored value of `inner_key`.
+    fn get(&self, inner_key: &[u8]) -> Result<Option<Vec<u8>>, String>;
+}
+
+/// A write to a group's data, by inner key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvWrite {
+    /// Set a key.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove a key.
+    Delete(Vec<u8>),
+}
+
+/// The result of applying a batch.
+#[derive(Debug, Default)]
+pub struct AppliedBatch {
+    /// Writes to commit with the new applied index, in order.
+    pub writes: Vec<KvWrite>,
+    /// Reply to each applied command, by log index.
+    pub replies: Vec<(Index, Result<WriteReply, CommandError>)>,
+}
+
+/// The state machine of one group.
+#[derive(Debug)]
+pub struct KvMachine {
+    sessions: Sessions,
+    clock_ms: u64,
+}
+
+impl KvMachine {
+    /// A machine with no sessions.
+    pub fn new(limits: SessionLimits) -> Self {
+        KvMachine {
+            sessions: Sessions::new(limits),
+            clock_ms: 0,
+        }
+    }
+
+    /// Replaces the sessions with stored ones (`(inner key, value)` pairs
+    /// from the session range), at start-up or after a snapshot install.
+    pub fn load_sessions<'a>(
+        &mut self,
+        stored: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Result<(), String> {
+        self.sessions.clear();
+        for (key, value) in stored {
+            let client = keys::parse_session_key(key)
+                .ok_or_else(|| format!("not a session key: {}", keys::display_key(key)))?;
+            let session: Session = command::decode(value)
+                .map_err(|e| format!("session of client {client} does not decode: {e}"))?;
+            self.sessions.load(client, session);
+        }
+        self.clock_ms = self.sessions.latest_ms();
+        Ok(())
+    }
+
+    /// Number of client sessions held.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Applies the commands of a batch of committed entries, in order.
+    /// A command that does not decode gets an error reply and changes nothing
+    /// (every replica decodes the same bytes the same way).
+    pub fn apply<'a>(
+        &mut self,
+        view: &dyn KvView,
+        commands: impl IntoIterator<Item = (Index, &'a [u8])>,
+    ) -> Result<AppliedBatch, String> {
+        let mut overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        let mut replies = Vec::new();
+        for (index, bytes) in commands {
+            let command: Command = match command::decode(bytes) {
+                Ok(command) => command,
+                Err(e) => {
+                    replies.push((index, Err(e)));
+                    continue;
+                }
+            };
+            self.clock_ms = self.clock_ms.max(command.now_ms);
+            let reply = self.apply_one(view, &mut overlay, command)?;
+            replies.push((index, Ok(reply)));
+        }
+        let mut writes: Vec<KvWrite> = overlay
+            .into_iter()
+            .map(|(key, value)| match value {
+                Some(value) => KvWrite::Put(key, value),
+                None => KvWrite::Delete(key),
+            })
+            .collect();
+        for change in self.sessions.take_changes(self.clock_ms) {
+            writes.push(match change {
+                SessionChange::Upsert(client, session) => {
+                    KvWrite::Put(keys::session_key(client), command::encode(&session))
+                }
+                SessionChange::Remove(client) => KvWrite::Delete(keys::session_key(client)),
+            });
+        }
+        Ok(AppliedBatch { writes, replies })
+    }
+
+    fn apply_one(
+        &mut self,
+        view: &dyn KvView,
+        overlay: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        command: Command,
+    ) -> Result<WriteReply, String> {
+        if command.client != 0 {
+            match self.sessions.get(command.client) {
+                Some(session) if command.seq == session.seq => return Ok(session.reply.clone()),
+                Some(session) if command.seq < session.seq => {
+                    return Ok(WriteReply::StaleSequence { last: session.seq })
+                }
+                Some(_) => {}
+                None if command.seq > 1 => return Ok(WriteReply::SessionExpired),
+                None => {}
+            }
+        }
+        let inner = keys::user_key(command.op.key());
+        let current = match overlay.get(&inner) {
+            Some(value) => value.clone(),
+            None => view.get(&inner)?,
+        };
+        let (new, reply) = match command.op {
+            WriteOp::Put { value, .. } => (Some(Some(value)), WriteReply::Done),
+            WriteOp::Append { value, .. } => {
+                let mut joined = current.unwrap_or_default();
+                joined.extend_from_slice(&value);
+                (Some(Some(joined)), WriteReply::Done)
+            }
+            WriteOp::Delete { .. } => (
+                Some(None),
+                WriteReply::Deleted {
+                    existed: current.is_some(),
+                },
+            ),
+            WriteOp::CompareAndSwap { expected, new, .. } => {
+                if current == expected {
+                    (
+                        Some(new.clone()),
+                        WriteReply::Swapped {
+                            swapped: true,
+                            current: new,
+                        },
+                    )
+                } else {
+                    (
+                        None,
+                        WriteReply::Swapped {
+                            swapped: false,
+                            current,
+                        },
+                    )
+                }
+            }
+        };
+        if let Some(new) = new {
+            overlay.insert(inner, new);
+        }
+        if command.client != 0 {
+            self.sessions
+                .record(command.client, command.seq, self.clock_ms, reply.clone());
+        }
+        Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Map(BTreeMap<Vec<u8>, Vec<u8>>);
+
+    impl KvView for Map {
+        fn get(&self, inner_key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+            Ok(self.0.get(inner_key).cloned())
+        }
+    }
+
+    impl Map {
+        fn commit(&mut self, batch: &AppliedBatch) {
+            for write in &batch.writes {
+                match write {
+                    KvWrite::Put(k, v) => self.0.insert(k.clone(), v.clone()),
+                    KvWrite::Delete(k) => self.0.remove(k),
+                };
+            }
+        }
+        fn user(&self, key: &[u8]) -> Option<&Vec<u8>> {
+            self.0.get(&keys::user_key(key))
+        }
+    }
+
+    fn cmd(client: u64, seq: u64, op: WriteOp) -> Vec<u8> {
+        command::encode(&Command {
+            client,
+            seq,
+            now_ms: seq * 10,
+            op,
+        })
+    }
+
+    fn append(key: &str, value: &str) -> WriteOp {
+        WriteOp::Append {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    fn run(machine: &mut KvMachine, data: &mut Map, batch: &[Vec<u8>]) -> Vec<WriteReply> {
+        let applied = machine
+            .apply(
+                data,
+                batch
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| (i as u64 + 1, b.as_slice())),
+            )
+            .expect("apply");
+        data.commit(&applied);
+        applied
+            .replies
+            .into_iter()
+            .map(|(_, r)| r.expect("decodes"))
+            .collect()
+    }
+
+    #[test]
+    fn a_retried_write_is_applied_once_even_in_the_same_batch() {
+        let mut machine = KvMachine::new(SessionLimits::default());
+        let mut data = Map::default();
+        let first = cmd(5, 1, append("k", "a"));
+        run(&mut machine, &mut data, &[first.clone(), first.clone()]);
+        run(
+            &mut machine,
+            &mut data,
+            &[first, cmd(5, 2, append("k", "b"))],
+        );
+        assert_eq!(data.user(b"k"), Some(&b"ab".to_vec()));
+        // Sessions are stored with the data and survive a reload.
+        let mut reloaded = KvMachine::new(SessionLimits::default());
+        let (start, end) = keys::session_range();
+        reloaded
+            .load_sessions(
+                data.0
+                    .range(start..end)
+                    .map(|(k, v)| (k.as_slice(), v.as_slice())),
+            )
+            .expect("load");
+        assert_eq!(reloaded.session_count(), 1);
+        run(&mut reloaded, &mut data, &[cmd(5, 2, append("k", "b"))]);
+        assert_eq!(data.user(b"k"), Some(&b"ab".to_vec()));
+        let replies = run(&mut reloaded, &mut data, &[cmd(5, 1, append("k", "a"))]);
+        assert_eq!(replies, vec![WriteReply::StaleSequence { last: 2 }]);
+    }
+
+    #[test]
+    fn an_unknown_session_past_its_first_write_is_refused() {
+        let mut machine = KvMachine::new(SessionLimits::default());
+        let mut data = Map::default();
+        let replies = run(&mut machine, &mut data, &[cmd(9, 4, append("k", "x"))]);
+        assert_eq!(replies, vec![WriteReply::SessionExpired]);
+        assert_eq!(data.user(b"k"), None);
+    }
+
+    #[test]
+    fn delete_and_compare_and_swap_see_earlier_writes_of_the_batch() {
+        let mut machine = KvMachine::new(SessionLimits::default());
+        let mut data = Map::default();
+        let put = |v: &str| WriteOp::Put {
+            key: b"k".to_vec(),
+            value: v.into(),
+        };
+        let cas = |expected: Option<&str>, new: Option<&str>| WriteOp::CompareAndSwap {
+            key: b"k".to_vec(),
+            expected: expected.map(Into::into),
+            new: new.map(Into::into),
+        };
+        let replies = run(
+            &mut machine,
+            &mut data,
+            &[
+                cmd(0, 0, cas(None, Some("1"))),
+                cmd(0, 0, cas(None, Some("2"))),
+                cmd(0, 0, cas(Some("1"), Some("3"))),
+                cmd(0, 0, WriteOp::Delete { key: b"k".to_vec() }),
+                cmd(0, 0, WriteOp::Delete { key: b"k".to_vec() }),
+                cmd(0, 0, put("4")),
+            ],
+        );
+        assert_eq!(
+            replies[..6],
+            [
+                WriteReply::Swapped {
+                    swapped: true,
+                    current: Some(b"1".to_vec())
+                },
+                WriteReply::Swapped {
+                    swapped: false,
+                    current: Some(b"1".to_vec())
+                },
+                WriteReply::Swapped {
+                    swapped: true,
+                    current: Some(b"3".to_vec())
+                },
+                WriteReply::Deleted { existed: true },
+                WriteReply::Deleted { existed: false },
+                WriteReply::Done,
+            ]
+        );
+        assert_eq!(data.user(b"k"), Some(&b"4".to_vec()));
+        assert_eq!(machine.session_count(), 0, "client 0 keeps no session");
+        let garbage = machine
+            .apply(&data, [(8, &[9u8, 9, 9][..])])
+            .expect("apply");
+        assert!(matches!(
+            garbage.replies[..],
+            [(8, Err(CommandError::Version { found: 9 }))]
+        ));
+        assert!(garbage.writes.is_empty());
+    }
+}

@@ -1,0 +1,10 @@
+//! The key/value state machine every group runs: commands, exactly-once
+//! client sessions, and the deterministic apply step.
+
+pub mod command;
+pub mod machine;
+pub mod sessions;
+
+pub use command::{Command, CommandError, WriteOp, WriteReply};
+pub use machine::{AppliedBatch, KvMachine, KvView, KvWrite};
+pub use sessions::{Session, SessionLimits};
