@@ -1,8 +1,35 @@
 //! flotilla: an embedded, Raft-replicated, sharded key/value store with a
 //! bundled MapReduce runner.
 //!
-//! Today the crate exposes the Raft core (from `flotilla-engine`); `Db`, the
-//! builder and the CLI arrive with the replicated-Db issue.
+//! [`Db::open`] gives a durable single-node store on RocksDB: every write
+//! goes through the Raft log of the node's group, is fsynced before it is
+//! acknowledged ([`Durability::Sync`], the default) and applied exactly once;
+//! reopening the same path recovers everything acknowledged.
+//!
+//! ```
+//! use flotilla::{Db, ScanRange};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let db = Db::open(dir.path().join("db")).unwrap();
+//! db.put("fruit/apple", "red").unwrap();
+//! db.append("fruit/apple", ", green").unwrap();
+//! db.put("fruit/kiwi", "brown").unwrap();
+//! let fruit = db.scan(&ScanRange::prefix("fruit/"), 10).unwrap();
+//! assert_eq!(fruit[0], (b"fruit/apple".to_vec(), b"red, green".to_vec()));
+//! assert_eq!(fruit.len(), 2);
+//! ```
+
+mod builder;
+mod db;
+mod error;
+mod scan;
+
+pub use builder::{DbBuilder, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+pub use db::{AsyncDb, CasOutcome, Db, Status};
+pub use error::{Error, Result};
+pub use flotilla_engine::node::{GroupStatus, ReadConsistency};
+pub use flotilla_wal::{CompactionPolicy, Durability};
+pub use scan::ScanRange;
 
 pub use flotilla_engine as engine;
 pub use flotilla_snapshot as snapshot;

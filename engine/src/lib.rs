@@ -41,6 +41,8 @@
 
 mod codec;
 pub mod kv;
+#[cfg(feature = "runtime")]
+pub mod node;
 mod raft;
 pub mod sim;
 

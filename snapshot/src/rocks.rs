@@ -92,6 +92,64 @@ impl GroupData {
         Ok(self.log.write_with(Vec::new(), Extra::Ops(raw))?)
     }
 
+    /// Applies `ops` and records `applied` in one batch written straight to
+    /// RocksDB's WAL without a sync: the Raft log already holds these entries
+    /// durably, and the next synced write (any log append, a snapshot build)
+    /// makes this one durable too. After a crash the group re-applies from
+    /// whatever applied index survived, which always matches its data.
+    pub fn apply_unsynced(
+        &self,
+        applied: &AppliedState,
+        ops: Vec<DataOp>,
+    ) -> Result<(), SnapshotError> {
+        let db = self.log.db();
+        let data_cf = cf(db, DATA_CF)?;
+        let mut batch = WriteBatch::default();
+        for op in ops {
+            match op {
+                DataOp::Put(key, value) => {
+                    batch.put_cf(data_cf, keys::data_key(self.group, &key), value)
+                }
+                DataOp::Delete(key) => batch.delete_cf(data_cf, keys::data_key(self.group, &key)),
+            }
+        }
+        batch.put_cf(
+            cf(db, RAFT_STATE_CF)?,
+            keys::state_key(self.group, StateKind::Applied),
+            record::encode(applied),
+        );
+        db.write_opt(batch, &self.log.direct_write_options(false))
+            .map_err(engine)
+    }
+
+    /// Pairs with keys in `start..end` (group-data keys without the group
+    /// prefix; an empty `end` means no upper bound), at most `limit` of them.
+    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Pair>, SnapshotError> {
+        let db = self.log.db();
+        let from = keys::data_key(self.group, start);
+        let (_, group_end) = keys::data_range(self.group);
+        let to = if end.is_empty() {
+            group_end
+        } else {
+            keys::data_key(self.group, end)
+        };
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(to);
+        let mut out = Vec::new();
+        for item in db.iterator_cf_opt(
+            cf(db, DATA_CF)?,
+            options,
+            IteratorMode::From(&from, Direction::Forward),
+        ) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = item.map_err(engine)?;
+            out.push((key[8..].to_vec(), value.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// What the group has applied (default if nothing yet).
     pub fn applied(&self) -> Result<AppliedState, SnapshotError> {
         read_applied(self.log.db(), self.group, None)

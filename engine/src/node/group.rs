@@ -1,0 +1,511 @@
+//! One group's thread: owns the Raft core and carries out its `Ready`s
+//! against RocksDB — the log through the writer thread (group commit), the
+//! state machine's writes straight to RocksDB, snapshot builds on a helper
+//! thread — and answers callers.
+//!
+//! A plain OS thread rather than a tokio task: applying and snapshot
+//! staging block on RocksDB, which must never happen on a tokio worker.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use flotilla_snapshot::{RocksSnapshotStore, SnapshotError, SnapshotStore};
+use flotilla_wal::{
+    CompactionPolicy, Entry, EntryPayload, GroupId, Index, LogSize, LogStore, LogWrite, NodeId,
+    RocksLogStore, StorageError, Term,
+};
+use tracing::{debug, warn};
+
+use crate::kv::WriteReply;
+use crate::node::apply::Applier;
+use crate::node::request::{Event, GroupStatus, NodeError, ReadConsistency, Reply};
+use crate::node::Transport;
+use crate::raft::core::{RaftCore, Role};
+use crate::raft::error::ProposeError;
+use crate::raft::message::SnapshotMeta;
+use crate::raft::ready::{PersistRequest, ReadState, SnapshotChunk};
+
+/// Length of one tick of the core's clock.
+pub const TICK: Duration = Duration::from_millis(10);
+/// Most inbox events handled before the core's output is carried out.
+const MAX_EVENTS_PER_ROUND: usize = 4096;
+
+/// Internal completions, on their own unbounded channel so they are never
+/// dropped when the inbox is full.
+pub(crate) enum Done {
+    Persisted {
+        seq: u64,
+        result: Result<(), StorageError>,
+    },
+    SnapshotBuilt(Result<SnapshotMeta, SnapshotError>),
+}
+
+struct ReadWaiter {
+    key: Option<Vec<u8>>,
+    reply: Reply<Option<Vec<u8>>>,
+}
+
+pub(crate) struct GroupThread {
+    pub(crate) core: RaftCore,
+    pub(crate) group: GroupId,
+    pub(crate) log: Arc<RocksLogStore>,
+    pub(crate) snapshots: RocksSnapshotStore,
+    pub(crate) applier: Applier,
+    pub(crate) inbox: Receiver<Event>,
+    pub(crate) done_tx: Sender<Done>,
+    pub(crate) done_rx: Receiver<Done>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) policy: CompactionPolicy,
+    pub(crate) chunk_bytes: u64,
+    pending_writes: BTreeMap<Index, (Term, Reply<WriteReply>)>,
+    confirming_reads: HashMap<u64, Vec<ReadWaiter>>,
+    ready_reads: Vec<(Index, ReadWaiter)>,
+    next_read_ctx: u64,
+    building: bool,
+    fatal: Option<String>,
+    was_leader: bool,
+}
+
+impl GroupThread {
+    pub(crate) fn new(
+        core: RaftCore,
+        log: Arc<RocksLogStore>,
+        applier: Applier,
+        inbox: Receiver<Event>,
+        transport: Arc<dyn Transport>,
+        policy: CompactionPolicy,
+        chunk_bytes: u64,
+    ) -> Self {
+        let group = core.status().group;
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        GroupThread {
+            snapshots: RocksSnapshotStore::new(log.clone(), group, chunk_bytes),
+            applier,
+            core,
+            group,
+            log,
+            inbox,
+            done_tx,
+            done_rx,
+            transport,
+            policy,
+            chunk_bytes,
+            pending_writes: BTreeMap::new(),
+            confirming_reads: HashMap::new(),
+            ready_reads: Vec::new(),
+            next_read_ctx: 1,
+            building: false,
+            fatal: None,
+            was_leader: false,
+        }
+    }
+
+    /// Runs until shut down or the inbox closes.
+    pub(crate) fn run(mut self) {
+        // A sole voter need not wait out an election timeout.
+        if self.core.membership().voters.len() == 1 {
+            self.core.start_election();
+        }
+        let mut next_tick = Instant::now() + TICK;
+        'run: loop {
+            self.process_ready();
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            crossbeam_channel::select! {
+                recv(self.done_rx) -> done => {
+                    if let Ok(done) = done {
+                        self.on_done(done);
+                    }
+                }
+                recv(self.inbox) -> event => match event {
+                    Ok(Event::Shutdown) | Err(_) => break 'run,
+                    Ok(event) => self.on_event(event),
+                },
+                default(wait) => {}
+            }
+            for _ in 0..MAX_EVENTS_PER_ROUND {
+                if let Ok(done) = self.done_rx.try_recv() {
+                    self.on_done(done);
+                    continue;
+                }
+                match self.inbox.try_recv() {
+                    Ok(Event::Shutdown) => break 'run,
+                    Ok(event) => self.on_event(event),
+                    Err(_) => break,
+                }
+            }
+            if Instant::now() >= next_tick {
+                self.core.tick();
+                next_tick += TICK;
+                // After a long stall, do not replay the missed ticks in a burst.
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + TICK;
+                }
+            }
+        }
+        self.fail_all(NodeError::Closed);
+        // Let in-flight log writes finish so their callers hear back.
+        while self.building {
+            match self.done_rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(Done::SnapshotBuilt(_)) => self.building = false,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Write { command, reply } => self.on_write(command, reply),
+            Event::Read {
+                consistency,
+                key,
+                reply,
+            } => self.on_read(consistency, key, reply),
+            Event::Message(msg) => {
+                if let Err(e) = self.core.step(msg) {
+                    debug!(group = self.group, "dropped a misdirected message: {e}");
+                }
+            }
+            Event::Status(reply) => {
+                let status = GroupStatus {
+                    raft: self.core.status(),
+                    applied_index: self.applier.applied_index(),
+                    log_bytes: self.log.log_bytes(self.group).unwrap_or(0),
+                    sessions: self.applier.session_count(),
+                    inflight_writes: self.pending_writes.len(),
+                };
+                let _ = reply.send(status);
+            }
+            Event::Shutdown => {}
+        }
+    }
+
+    fn on_write(&mut self, command: Vec<u8>, reply: Reply<WriteReply>) {
+        if let Some(why) = &self.fatal {
+            let _ = reply.send(Err(NodeError::Storage(why.clone())));
+            return;
+        }
+        match self.core.propose(command) {
+            Ok((index, term)) => {
+                self.pending_writes.insert(index, (term, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(self.propose_error(e)));
+            }
+        }
+    }
+
+    fn on_read(
+        &mut self,
+        consistency: ReadConsistency,
+        key: Option<Vec<u8>>,
+        reply: Reply<Option<Vec<u8>>>,
+    ) {
+        let waiter = ReadWaiter { key, reply };
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        match consistency {
+            ReadConsistency::Stale => self.serve_read(waiter),
+            ReadConsistency::Lease => match self.core.read_lease(ctx) {
+                Ok(state) => self.serve_once_applied(state.index, waiter),
+                Err(ProposeError::LeaseExpired) => self.read_index(ctx, waiter),
+                Err(e) => {
+                    let _ = waiter.reply.send(Err(self.propose_error(e)));
+                }
+            },
+            ReadConsistency::Linearizable => self.read_index(ctx, waiter),
+        }
+    }
+
+    fn read_index(&mut self, ctx: u64, waiter: ReadWaiter) {
+        match self.core.read_index(ctx) {
+            Ok(()) => self.confirming_reads.entry(ctx).or_default().push(waiter),
+            Err(e) => {
+                let _ = waiter.reply.send(Err(self.propose_error(e)));
+            }
+        }
+    }
+
+    fn serve_read(&self, waiter: ReadWaiter) {
+        let result = match &waiter.key {
+            None => Ok(None),
+            Some(key) => self
+                .applier
+                .get(key)
+                .map_err(|e| NodeError::Storage(e.to_string())),
+        };
+        let _ = waiter.reply.send(result);
+    }
+
+    fn propose_error(&self, e: ProposeError) -> NodeError {
+        match e {
+            ProposeError::NotLeader { leader_hint } => NodeError::NotLeader {
+                leader: (leader_hint != 0).then_some(leader_hint),
+            },
+            ProposeError::Overloaded { .. } => NodeError::Overloaded(e.to_string()),
+            ProposeError::Invalid(why) => NodeError::Invalid(why),
+            other => NodeError::Unavailable(other.to_string()),
+        }
+    }
+
+    fn on_done(&mut self, done: Done) {
+        match done {
+            Done::Persisted { seq, result } => match result {
+                Ok(()) => self.core.on_persisted(seq),
+                Err(e) => self.poison(format!("a log write failed: {e}")),
+            },
+            Done::SnapshotBuilt(result) => {
+                self.building = false;
+                match result {
+                    Ok(meta) => {
+                        if let Err(e) = self.core.compact(meta.index) {
+                            warn!(
+                                group = self.group,
+                                "compaction after a snapshot refused: {e}"
+                            );
+                        }
+                    }
+                    Err(e) => warn!(group = self.group, "snapshot build failed: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Storage failed: refuse everything from now on (the store itself is
+    /// poisoned too), answering every waiting caller.
+    fn poison(&mut self, why: String) {
+        warn!(group = self.group, "{why}; refusing writes until restarted");
+        self.fatal.get_or_insert(why.clone());
+        self.fail_all(NodeError::Storage(why));
+    }
+
+    fn fail_all(&mut self, error: NodeError) {
+        for (_, (_, reply)) in std::mem::take(&mut self.pending_writes) {
+            let _ = reply.send(Err(error.clone()));
+        }
+        for waiter in std::mem::take(&mut self.confirming_reads)
+            .into_values()
+            .flatten()
+        {
+            let _ = waiter.reply.send(Err(error.clone()));
+        }
+        for (_, waiter) in std::mem::take(&mut self.ready_reads) {
+            let _ = waiter.reply.send(Err(error.clone()));
+        }
+    }
+
+    fn process_ready(&mut self) {
+        while self.core.has_ready() {
+            let ready = self.core.take_ready();
+            if let Some(request) = ready.persist {
+                self.persist(request);
+            }
+            for msg in ready.messages {
+                self.transport.send(msg);
+            }
+            if !ready.committed_entries.is_empty() {
+                self.apply(ready.committed_entries);
+            }
+            self.on_read_states(ready.read_states);
+            for request in ready.snapshot_reads {
+                match self
+                    .snapshots
+                    .read_chunk(&request.meta, request.offset, request.max_bytes)
+                {
+                    Ok(chunk) => self.core.on_snapshot_chunk(
+                        request.to,
+                        SnapshotChunk {
+                            snapshot_index: request.meta.index,
+                            snapshot_term: request.meta.term,
+                            offset: request.offset,
+                            data: chunk.data,
+                            done: chunk.done,
+                        },
+                    ),
+                    Err(e) => {
+                        debug!(
+                            group = self.group,
+                            to = request.to,
+                            "snapshot chunk unavailable: {e}"
+                        );
+                        self.core.on_snapshot_unavailable(request.to);
+                    }
+                }
+            }
+        }
+        self.after_role_change();
+        self.maybe_build_snapshot();
+    }
+
+    /// A leader that stepped down answers its waiting callers: their
+    /// entries may still commit under the new leader, and a retry carrying
+    /// the same session sequence number is then answered from the session.
+    fn after_role_change(&mut self) {
+        let is_leader = self.core.role() == Role::Leader;
+        if self.was_leader && !is_leader {
+            self.fail_all(NodeError::NotLeader {
+                leader: leader_of(&self.core),
+            });
+        }
+        self.was_leader = is_leader;
+    }
+
+    fn persist(&mut self, request: PersistRequest) {
+        if let Some(why) = &self.fatal {
+            debug!(
+                group = self.group,
+                "not persisting after a storage failure: {why}"
+            );
+            return;
+        }
+        if !request.stage_chunks.is_empty() || request.install_snapshot.is_some() {
+            if let Err(e) = self.persist_snapshot_part(&request) {
+                self.poison(format!("snapshot staging or install failed: {e}"));
+                return;
+            }
+        }
+        let write = LogWrite {
+            group: self.group,
+            install: None,
+            compact: request.compact,
+            entries: request.entries,
+            hard_state: request.hard_state,
+        };
+        let done = self.done_tx.clone();
+        let seq = request.seq;
+        self.log.submit(
+            vec![write],
+            Box::new(move |result| {
+                let _ = done.send(Done::Persisted { seq, result });
+            }),
+        );
+    }
+
+    /// Stages received chunks and installs a complete snapshot, in place on
+    /// this thread: both are rare, and everything after them must wait.
+    fn persist_snapshot_part(&mut self, request: &PersistRequest) -> Result<(), SnapshotError> {
+        // A build running against the old data would make an older
+        // snapshot current after the install; let it finish first.
+        while self.building {
+            match self.done_rx.recv() {
+                Ok(done) => self.on_done(done),
+                Err(_) => break,
+            }
+        }
+        for chunk in &request.stage_chunks {
+            self.snapshots
+                .stage_chunk(&chunk.meta, chunk.offset, &chunk.data)?;
+        }
+        if let Some(meta) = &request.install_snapshot {
+            self.snapshots.install_staged(meta)?;
+            self.applier.reload(meta)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) {
+        if self.fatal.is_some() {
+            return;
+        }
+        let replies = match self.applier.apply(&entries) {
+            Ok(replies) => replies,
+            Err(e) => {
+                self.poison(format!("applying committed entries failed: {e}"));
+                return;
+            }
+        };
+        let mut replies = replies.into_iter().peekable();
+        for entry in &entries {
+            let Some((term, reply)) = self.pending_writes.remove(&entry.index) else {
+                continue;
+            };
+            if term != entry.term {
+                let _ = reply.send(Err(NodeError::NotLeader {
+                    leader: leader_of(&self.core),
+                }));
+                continue;
+            }
+            while replies
+                .peek()
+                .is_some_and(|(index, _)| *index < entry.index)
+            {
+                replies.next();
+            }
+            let result = match replies.next_if(|(index, _)| *index == entry.index) {
+                Some((_, Ok(reply))) => Ok(reply),
+                Some((_, Err(e))) => Err(NodeError::Invalid(e.to_string())),
+                None => Err(NodeError::Invalid(match &entry.payload {
+                    EntryPayload::Normal(_) => "the command was not applied".to_string(),
+                    _ => "not a write".to_string(),
+                })),
+            };
+            let _ = reply.send(result);
+        }
+        let applied = self.applier.applied_index();
+        let mut still_waiting = Vec::new();
+        for (index, waiter) in std::mem::take(&mut self.ready_reads) {
+            if index <= applied {
+                self.serve_read(waiter);
+            } else {
+                still_waiting.push((index, waiter));
+            }
+        }
+        self.ready_reads = still_waiting;
+    }
+
+    fn on_read_states(&mut self, states: Vec<ReadState>) {
+        for state in states {
+            for waiter in self.confirming_reads.remove(&state.ctx).unwrap_or_default() {
+                self.serve_once_applied(state.index, waiter);
+            }
+        }
+    }
+
+    fn serve_once_applied(&mut self, index: Index, waiter: ReadWaiter) {
+        if index <= self.applier.applied_index() {
+            self.serve_read(waiter);
+        } else {
+            self.ready_reads.push((index, waiter));
+        }
+    }
+
+    fn maybe_build_snapshot(&mut self) {
+        if self.building || self.fatal.is_some() {
+            return;
+        }
+        let status = self.core.status();
+        let size = LogSize {
+            bytes: self.log.log_bytes(self.group).unwrap_or(0),
+            snapshot_index: status.snapshot_index,
+            last_index: status.last_index,
+        };
+        if self
+            .policy
+            .compact_to(size, self.applier.applied_index())
+            .is_none()
+        {
+            return;
+        }
+        self.building = true;
+        let mut store = RocksSnapshotStore::new(self.log.clone(), self.group, self.chunk_bytes);
+        let done = self.done_tx.clone();
+        let group = self.group;
+        let spawned = std::thread::Builder::new()
+            .name(format!("flotilla-snapshot-{group}"))
+            .spawn(move || {
+                let _ = done.send(Done::SnapshotBuilt(store.build()));
+            });
+        if let Err(e) = spawned {
+            self.building = false;
+            warn!(group, "cannot start a snapshot build thread: {e}");
+        }
+    }
+}
+
+/// The id of a node that leads nothing: 0 in the core, `None` here.
+fn leader_of(core: &RaftCore) -> Option<NodeId> {
+    let leader = core.leader();
+    (leader != 0).then_some(leader)
+}

@@ -1,0 +1,318 @@
+//! The node runtime: one RocksDB store per node, one thread per Raft group
+//! driving its core, and handles through which callers write and read.
+//!
+//! ```text
+//! caller ──Event──▶ group thread ──LogWrite──▶ wal writer thread (group commit, fsync)
+//!   ▲                 │  ▲                          │
+//!   └──reply──────────┘  └──────Persisted(seq)──────┘
+//!                     │──Message──▶ Transport (QUIC in a cluster, nothing alone)
+//!                     └──apply──▶ RocksDB data + applied state (one batch)
+//! ```
+//!
+//! Every queue is bounded: a group's inbox holds `inbox_capacity` events and
+//! a full inbox answers `Overloaded`; the writer's queue blocks submitters
+//! beyond `flotilla_wal::MAX_QUEUED_REQUESTS`; the leader refuses proposals
+//! beyond `max_uncommitted_bytes`.
+
+mod apply;
+mod group;
+mod request;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Sender, TrySendError};
+use flotilla_snapshot::{GroupData, RocksSnapshotStore, SnapshotStore, DEFAULT_CHUNK_BYTES};
+use flotilla_wal::{
+    CompactionPolicy, Durability, GroupId, LogStore, Membership, NodeId, RocksLogStore,
+};
+use tokio::sync::oneshot;
+use tracing::debug;
+
+pub use group::TICK;
+pub use request::{GroupStatus, NodeError, ReadConsistency};
+
+use crate::kv::{SessionLimits, WriteReply};
+use crate::node::apply::Applier;
+use crate::node::group::GroupThread;
+use crate::node::request::Event;
+use crate::raft::config::Config;
+use crate::raft::core::{RaftCore, RestoreState};
+use crate::raft::message::Message;
+
+/// Carries a group's outgoing Raft messages to their nodes. Sending never
+/// blocks: a message that cannot be queued is dropped, and Raft retries.
+pub trait Transport: Send + Sync {
+    /// Sends `msg` to `msg.to`.
+    fn send(&self, msg: Message);
+}
+
+/// The transport of a single-node store: there is nobody to talk to.
+#[derive(Debug, Default)]
+pub struct NoNetwork;
+
+impl Transport for NoNetwork {
+    fn send(&self, msg: Message) {
+        debug!(to = msg.to, "no network: dropped a message");
+    }
+}
+
+/// How to run a node.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// This node's id (1 or more).
+    pub id: NodeId,
+    /// Directory of the node's RocksDB store.
+    pub path: PathBuf,
+    /// How durable an acknowledged write is. Default `Durability::Sync`.
+    pub durability: Durability,
+    /// The groups this node hosts. Default `[1]`.
+    pub groups: Vec<GroupId>,
+    /// Voters of a group that has no state yet. Default `[id]`.
+    pub initial_voters: Vec<NodeId>,
+    /// Raft settings (id and group are filled in per group). Default `Config::new`.
+    pub raft: Config,
+    /// When to snapshot and compact a group's log. Default `CompactionPolicy::default()`.
+    pub compaction: CompactionPolicy,
+    /// Client session bounds. Default `SessionLimits::default()`.
+    pub sessions: SessionLimits,
+    /// Events a group's inbox holds before callers get `Overloaded`. Default 16,384.
+    pub inbox_capacity: usize,
+    /// Bytes per stored and transferred snapshot chunk. Default 1 MiB.
+    pub snapshot_chunk_bytes: u64,
+}
+
+impl NodeOptions {
+    /// The defaults for a single node `id` storing in `path`.
+    pub fn new(id: NodeId, path: impl Into<PathBuf>) -> Self {
+        NodeOptions {
+            id,
+            path: path.into(),
+            durability: Durability::Sync,
+            groups: vec![1],
+            initial_voters: vec![id],
+            raft: Config::new(id, 1),
+            compaction: CompactionPolicy::default(),
+            sessions: SessionLimits::default(),
+            inbox_capacity: 16_384,
+            snapshot_chunk_bytes: DEFAULT_CHUNK_BYTES,
+        }
+    }
+}
+
+/// A handle on one group of a running node. Cheap to clone.
+#[derive(Clone)]
+pub struct GroupHandle {
+    group: GroupId,
+    tx: Sender<Event>,
+    data: GroupData,
+}
+
+impl std::fmt::Debug for GroupHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupHandle")
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
+/// An answer still on its way from a group thread.
+pub type Pending<T> = oneshot::Receiver<Result<T, NodeError>>;
+
+impl GroupHandle {
+    /// The group's id.
+    pub fn id(&self) -> GroupId {
+        self.group
+    }
+
+    fn enqueue(&self, event: Event) -> Result<(), NodeError> {
+        self.tx.try_send(event).map_err(|e| match e {
+            TrySendError::Full(_) => {
+                NodeError::Overloaded(format!("group {}'s inbox is full", self.group))
+            }
+            TrySendError::Disconnected(_) => NodeError::Closed,
+        })
+    }
+
+    /// Proposes an encoded [`crate::kv::Command`]; the answer arrives once
+    /// it is applied.
+    pub fn write(&self, command: Vec<u8>) -> Result<Pending<WriteReply>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(Event::Write { command, reply })?;
+        Ok(rx)
+    }
+
+    /// Reads inner key `key` at `consistency`, or with `None` answers once a
+    /// read at `consistency` may start (then scan with [`data`](Self::data)).
+    pub fn read(
+        &self,
+        consistency: ReadConsistency,
+        key: Option<Vec<u8>>,
+    ) -> Result<Pending<Option<Vec<u8>>>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(Event::Read {
+            consistency,
+            key,
+            reply,
+        })?;
+        Ok(rx)
+    }
+
+    /// The group's status.
+    pub fn status(&self) -> Result<oneshot::Receiver<GroupStatus>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(Event::Status(reply))?;
+        Ok(rx)
+    }
+
+    /// The group's applied data, for scans after a read barrier.
+    pub fn data(&self) -> &GroupData {
+        &self.data
+    }
+}
+
+/// A running node.
+pub struct Node {
+    id: NodeId,
+    log: Arc<RocksLogStore>,
+    groups: BTreeMap<GroupId, GroupHandle>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Opens the node's store (creating it if new), recovers every group and
+    /// starts their threads.
+    pub fn open(options: NodeOptions, transport: Arc<dyn Transport>) -> Result<Node, NodeError> {
+        let storage = |e: &dyn std::fmt::Display| NodeError::Storage(e.to_string());
+        if options.groups.is_empty() || options.inbox_capacity == 0 {
+            return Err(NodeError::Invalid(
+                "a node needs at least one group and an inbox of at least one event".into(),
+            ));
+        }
+        let log = Arc::new(
+            RocksLogStore::open(&options.path, options.durability).map_err(|e| storage(&e))?,
+        );
+        let initial = Membership::with_voters(options.initial_voters.iter().copied());
+        let mut node = Node {
+            id: options.id,
+            log: log.clone(),
+            groups: BTreeMap::new(),
+            threads: Vec::new(),
+        };
+        for &group in &options.groups {
+            let data = GroupData::new(log.clone(), group);
+            let applier =
+                Applier::load(data.clone(), options.sessions, &initial).map_err(|e| storage(&e))?;
+            let restore = restore_state(&log, group, &initial, applier.applied().index)
+                .map_err(|e| storage(&e))?;
+            let mut cfg = options.raft.clone();
+            cfg.id = options.id;
+            cfg.group = group;
+            let core =
+                RaftCore::new(cfg, restore).map_err(|e| NodeError::Invalid(e.to_string()))?;
+            let (tx, rx) = crossbeam_channel::bounded(options.inbox_capacity);
+            let thread = GroupThread::new(
+                core,
+                log.clone(),
+                applier,
+                rx,
+                transport.clone(),
+                options.compaction,
+                options.snapshot_chunk_bytes,
+            );
+            let handle = std::thread::Builder::new()
+                .name(format!("flotilla-group-{group}"))
+                .spawn(move || thread.run())
+                .map_err(|e| NodeError::Storage(format!("cannot start a group thread: {e}")))?;
+            node.threads.push(handle);
+            node.groups.insert(group, GroupHandle { group, tx, data });
+        }
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// A group this node hosts.
+    pub fn group(&self, group: GroupId) -> Option<&GroupHandle> {
+        self.groups.get(&group)
+    }
+
+    /// Every group this node hosts.
+    pub fn groups(&self) -> impl Iterator<Item = &GroupHandle> {
+        self.groups.values()
+    }
+
+    /// Hands a message from a peer to its group; dropped (Raft retries) if
+    /// the group is unknown or its inbox is full.
+    pub fn deliver(&self, msg: Message) {
+        match self.groups.get(&msg.group) {
+            Some(handle) => {
+                if handle.tx.try_send(Event::Message(msg)).is_err() {
+                    debug!(group = handle.group, "inbox full: dropped a peer message");
+                }
+            }
+            None => debug!(
+                group = msg.group,
+                "message for a group this node does not host"
+            ),
+        }
+    }
+
+    /// Stops every group thread, then the writer, syncing what is queued.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        for handle in self.groups.values() {
+            // A full inbox is drained by the thread; a blocking send is fine here.
+            let _ = handle.tx.send(Event::Shutdown);
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        self.groups.clear();
+    }
+
+    /// The node's store (for tools and tests).
+    pub fn store(&self) -> &Arc<RocksLogStore> {
+        &self.log
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn restore_state(
+    log: &Arc<RocksLogStore>,
+    group: GroupId,
+    initial: &Membership,
+    applied: u64,
+) -> Result<RestoreState, flotilla_wal::StorageError> {
+    let mut snapshot = log.snapshot_meta(group)?;
+    if snapshot.index == 0 && snapshot.membership.voters.is_empty() {
+        snapshot.membership = initial.clone();
+    }
+    let last = log.last_index(group)?;
+    let entries = if last > snapshot.index {
+        log.entries(group, snapshot.index + 1, last, u64::MAX)?
+    } else {
+        Vec::new()
+    };
+    let staged = RocksSnapshotStore::new(log.clone(), group, DEFAULT_CHUNK_BYTES).staged();
+    Ok(RestoreState {
+        hard_state: log.hard_state(group)?,
+        snapshot,
+        entries,
+        applied,
+        staged,
+    })
+}

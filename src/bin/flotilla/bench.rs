@@ -1,0 +1,200 @@
+//! `flotilla bench`: put and get workloads against the embedded store, and
+//! the same put workload on raw RocksDB (one synced WriteBatch per put) for
+//! side-by-side ratios.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use flotilla::wal::rocksdb;
+use flotilla::{Db, Durability};
+
+use crate::Consistency;
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Engine {
+    /// The flotilla store.
+    Flotilla,
+    /// Raw RocksDB: one WriteBatch with one put per operation.
+    Rocksdb,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Workload {
+    Put,
+    Get,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DurabilityArg {
+    Sync,
+    Buffered,
+    None,
+}
+
+/// Settings of a benchmark run.
+#[derive(Args, Clone, Debug)]
+pub(crate) struct BenchArgs {
+    /// Directory for the store (created; reuse it only with the same engine).
+    #[arg(long, value_name = "PATH")]
+    data: PathBuf,
+    #[arg(long, value_enum, default_value_t = Engine::Flotilla)]
+    engine: Engine,
+    #[arg(long, value_enum, default_value_t = Workload::Put)]
+    workload: Workload,
+    /// Concurrent clients (threads).
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Total operations over all clients.
+    #[arg(long, default_value_t = 10_000)]
+    ops: usize,
+    #[arg(long, default_value_t = 8)]
+    key_bytes: usize,
+    #[arg(long, default_value_t = 256)]
+    value_bytes: usize,
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
+    durability: DurabilityArg,
+    #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
+    consistency: Consistency,
+}
+
+fn key(i: u64, bytes: usize) -> Vec<u8> {
+    let mut key = vec![0u8; bytes.max(8)];
+    let at = key.len() - 8;
+    key[at..].copy_from_slice(&i.to_be_bytes());
+    key.truncate(bytes.max(1));
+    key
+}
+
+/// Runs `per_client(client, op)` on `clients` threads, `ops` in all, and
+/// returns each operation's latency.
+fn drive(
+    clients: usize,
+    ops: usize,
+    per_client: Arc<dyn Fn(usize, u64) -> Result<(), String> + Send + Sync>,
+) -> Result<(Duration, Vec<Duration>), String> {
+    let clients = clients.max(1);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|client| {
+            let work = per_client.clone();
+            let count = ops / clients + usize::from(client < ops % clients);
+            std::thread::spawn(move || -> Result<Vec<Duration>, String> {
+                let mut latencies = Vec::with_capacity(count);
+                for op in 0..count as u64 {
+                    let at = Instant::now();
+                    work(client, op)?;
+                    latencies.push(at.elapsed());
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(ops);
+    for thread in threads {
+        all.extend(
+            thread
+                .join()
+                .map_err(|_| "a client thread panicked".to_string())??,
+        );
+    }
+    Ok((started.elapsed(), all))
+}
+
+pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
+    let value = vec![b'v'; args.value_bytes];
+    let key_bytes = args.key_bytes;
+    let stride = args.ops as u64 + 1;
+    let (elapsed, mut latencies) = match args.engine {
+        Engine::Flotilla => {
+            let durability = match args.durability {
+                DurabilityArg::Sync => Durability::Sync,
+                DurabilityArg::Buffered => Durability::Buffered {
+                    max_delay: Duration::from_millis(10),
+                },
+                DurabilityArg::None => Durability::None,
+            };
+            let db = Db::builder(&args.data)
+                .durability(durability)
+                .read_consistency(args.consistency.into())
+                .open()
+                .map_err(|e| format!("cannot open {}: {e}", args.data.display()))?;
+            let work: Arc<dyn Fn(usize, u64) -> Result<(), String> + Send + Sync> =
+                match args.workload {
+                    Workload::Put => {
+                        let db = db.clone();
+                        Arc::new(move |client, op| {
+                            db.put(key(client as u64 * stride + op, key_bytes), &value)
+                                .map_err(|e| e.to_string())
+                        })
+                    }
+                    Workload::Get => {
+                        let loaded = (args.ops as u64).min(100_000);
+                        for i in 0..loaded {
+                            db.put(key(i, key_bytes), &value)
+                                .map_err(|e| e.to_string())?;
+                        }
+                        let db = db.clone();
+                        Arc::new(move |client, op| {
+                            let i = (client as u64 * 7919 + op * 104_729) % loaded.max(1);
+                            match db.get(key(i, key_bytes)) {
+                                Ok(Some(_)) => Ok(()),
+                                Ok(None) => Err(format!("key {i} is missing")),
+                                Err(e) => Err(e.to_string()),
+                            }
+                        })
+                    }
+                };
+            let result = drive(args.clients, args.ops, work)?;
+            db.close().map_err(|e| e.to_string())?;
+            result
+        }
+        Engine::Rocksdb => {
+            if args.workload != Workload::Put {
+                return Err("the rocksdb baseline runs the put workload only".into());
+            }
+            let mut options = rocksdb::Options::default();
+            options.create_if_missing(true);
+            let db = Arc::new(
+                rocksdb::DB::open(&options, &args.data)
+                    .map_err(|e| format!("cannot open {}: {e}", args.data.display()))?,
+            );
+            let durability = args.durability;
+            drive(
+                args.clients,
+                args.ops,
+                Arc::new(move |client, op| {
+                    let mut batch = rocksdb::WriteBatch::default();
+                    batch.put(key(client as u64 * stride + op, key_bytes), &value);
+                    let mut write = rocksdb::WriteOptions::default();
+                    write.set_sync(durability == DurabilityArg::Sync);
+                    write.disable_wal(durability == DurabilityArg::None);
+                    db.write_opt(batch, &write).map_err(|e| e.to_string())
+                }),
+            )?
+        }
+    };
+    latencies.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        let at = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len().max(1));
+        latencies
+            .get(at - 1)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    println!(
+        "engine={:?} workload={:?} clients={} ops={} key_bytes={} value_bytes={} durability={:?} ops_per_sec={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3}",
+        args.engine,
+        args.workload,
+        args.clients,
+        latencies.len(),
+        args.key_bytes,
+        args.value_bytes,
+        args.durability,
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        pct(0.50),
+        pct(0.99),
+        pct(0.999)
+    );
+    Ok(())
+}

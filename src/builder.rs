@@ -1,0 +1,146 @@
+//! `Db::builder`: every setting with its default, validated before anything starts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flotilla_engine::kv::SessionLimits;
+use flotilla_engine::node::{NodeOptions, ReadConsistency};
+use flotilla_wal::{CompactionPolicy, Durability};
+
+use crate::db::Db;
+use crate::error::{Error, Result};
+
+/// Largest key any setting allows: 64 KiB.
+pub const MAX_KEY_BYTES: usize = 64 << 10;
+/// Largest value any setting allows: 2 MiB (a command must fit one 4 MiB frame).
+pub const MAX_VALUE_BYTES: usize = 2 << 20;
+
+/// Settings of a [`Db`]; finish with [`open`](Self::open).
+#[derive(Clone, Debug)]
+pub struct DbBuilder {
+    pub(crate) path: PathBuf,
+    pub(crate) durability: Durability,
+    pub(crate) read_consistency: ReadConsistency,
+    pub(crate) request_timeout: Duration,
+    pub(crate) max_key_bytes: usize,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) compaction: CompactionPolicy,
+    pub(crate) sessions: SessionLimits,
+    pub(crate) inbox_capacity: usize,
+}
+
+impl DbBuilder {
+    pub(crate) fn new(path: impl Into<PathBuf>) -> Self {
+        DbBuilder {
+            path: path.into(),
+            durability: Durability::Sync,
+            read_consistency: ReadConsistency::Linearizable,
+            request_timeout: Duration::from_secs(10),
+            max_key_bytes: 4 << 10,
+            max_value_bytes: 1 << 20,
+            compaction: CompactionPolicy::default(),
+            sessions: SessionLimits::default(),
+            inbox_capacity: 16_384,
+        }
+    }
+
+    /// How durable an acknowledged write is. Default [`Durability::Sync`]:
+    /// fsynced before it is acknowledged.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Consistency of `get` and `scan`. Default [`ReadConsistency::Linearizable`].
+    pub fn read_consistency(mut self, consistency: ReadConsistency) -> Self {
+        self.read_consistency = consistency;
+        self
+    }
+
+    /// How long a request waits for its answer before [`Error::Timeout`].
+    /// Default 10 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Largest key accepted. Default 4 KiB, at most [`MAX_KEY_BYTES`].
+    pub fn max_key_bytes(mut self, bytes: usize) -> Self {
+        self.max_key_bytes = bytes;
+        self
+    }
+
+    /// Largest value accepted. Default 1 MiB, at most [`MAX_VALUE_BYTES`].
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// When to snapshot and compact the Raft log. Default 4 MiB or 10,000 entries.
+    pub fn compaction(mut self, policy: CompactionPolicy) -> Self {
+        self.compaction = policy;
+        self
+    }
+
+    /// Most client sessions kept for exactly-once retries. Default 10,000.
+    pub fn max_sessions(mut self, sessions: usize) -> Self {
+        self.sessions.max_sessions = sessions;
+        self
+    }
+
+    /// Requests queued per group before new ones get [`Error::Overloaded`].
+    /// Default 16,384.
+    pub fn max_queued_requests(mut self, requests: usize) -> Self {
+        self.inbox_capacity = requests;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |why: String| Err(Error::Config(why));
+        if self.path.as_os_str().is_empty() {
+            return bad("the database path is empty".into());
+        }
+        if let Durability::Buffered { max_delay } = self.durability {
+            if max_delay.is_zero() {
+                return bad("Durability::Buffered needs a max_delay above zero; use Durability::Sync for immediate syncs".into());
+            }
+        }
+        if self.request_timeout.is_zero() {
+            return bad("request_timeout must be above zero".into());
+        }
+        if self.max_key_bytes == 0 || self.max_key_bytes > MAX_KEY_BYTES {
+            return bad(format!(
+                "max_key_bytes is {}; it must be 1 to {MAX_KEY_BYTES}",
+                self.max_key_bytes
+            ));
+        }
+        if self.max_value_bytes > MAX_VALUE_BYTES {
+            return bad(format!(
+                "max_value_bytes is {}; it must be at most {MAX_VALUE_BYTES}",
+                self.max_value_bytes
+            ));
+        }
+        if self.sessions.max_sessions == 0 {
+            return bad("max_sessions must be at least 1".into());
+        }
+        if self.inbox_capacity == 0 {
+            return bad("max_queued_requests must be at least 1".into());
+        }
+        if self.compaction.max_log_entries == 0 || self.compaction.max_raft_state_bytes == 0 {
+            return bad("the compaction thresholds must be above zero".into());
+        }
+        Ok(())
+    }
+
+    /// Validates every setting, then opens (or creates) the store and
+    /// recovers everything it holds.
+    pub fn open(self) -> Result<Db> {
+        self.validate()?;
+        let mut node = NodeOptions::new(1, self.path.clone());
+        node.durability = self.durability;
+        node.compaction = self.compaction;
+        node.sessions = self.sessions;
+        node.inbox_capacity = self.inbox_capacity;
+        Db::start(self, node)
+    }
+}

@@ -1,0 +1,406 @@
+//! `Db`: the embedded store, with a blocking API ([`Db`]) and an async one
+//! ([`AsyncDb`]) over the same node.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flotilla_engine::kv::{self, Command, WriteOp, WriteReply};
+use flotilla_engine::node::{
+    GroupHandle, GroupStatus, NoNetwork, Node, NodeError, NodeOptions, Pending, ReadConsistency,
+};
+use flotilla_wal::keys;
+use tracing::{debug_span, Instrument};
+
+use crate::builder::DbBuilder;
+use crate::error::{Error, Result};
+use crate::scan::{scan_group, ScanRange};
+
+/// The outcome of a compare-and-swap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CasOutcome {
+    /// True if the value matched and was replaced.
+    pub swapped: bool,
+    /// The key's value after the operation.
+    pub current: Option<Vec<u8>>,
+}
+
+/// What `Db::status` reports.
+#[derive(Clone, Debug)]
+pub struct Status {
+    /// Where the store lives.
+    pub path: PathBuf,
+    /// One entry per Raft group this node hosts.
+    pub groups: Vec<GroupStatus>,
+}
+
+struct Inner {
+    node: Mutex<Option<Node>>,
+    group: GroupHandle,
+    settings: DbBuilder,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut node) = self.node.lock() {
+            if let Some(node) = node.take() {
+                node.shutdown();
+            }
+        }
+        // Dropping a runtime may not block inside another runtime's context.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// An open flotilla store. The methods block the calling thread; for async
+/// code use [`Db::asynchronous`]. Cheap to clone; the store closes when the
+/// last clone is dropped or [`close`](Db::close)d.
+///
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
+/// let db = flotilla::Db::open(dir.path().join("db")).unwrap();
+/// db.put("greeting", "hello").unwrap();
+/// assert_eq!(db.get("greeting").unwrap(), Some(b"hello".to_vec()));
+/// db.close().unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+/// The async API of a [`Db`]. Cheap to clone. Its futures need a tokio
+/// runtime with time enabled.
+#[derive(Clone)]
+pub struct AsyncDb {
+    inner: Arc<Inner>,
+}
+
+impl Db {
+    /// Opens (or creates) a single-node store at `path` with every default:
+    /// no network, [`flotilla_wal::Durability::Sync`], linearizable reads.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Db> {
+        Db::builder(path).open()
+    }
+
+    /// Settings for a store at `path`; finish with [`DbBuilder::open`].
+    pub fn builder(path: impl Into<PathBuf>) -> DbBuilder {
+        DbBuilder::new(path)
+    }
+
+    pub(crate) fn start(settings: DbBuilder, options: NodeOptions) -> Result<Db> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("flotilla-runtime")
+            .enable_time()
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start the async runtime: {e}")))?;
+        let node = Node::open(options, Arc::new(NoNetwork)).map_err(|e| match e {
+            NodeError::Storage(why) => {
+                Error::Storage(format!("{}: {why}", settings.path.display()))
+            }
+            other => Error::from(other),
+        })?;
+        let group = node
+            .groups()
+            .next()
+            .cloned()
+            .ok_or_else(|| Error::Config("the node hosts no group".into()))?;
+        Ok(Db {
+            inner: Arc::new(Inner {
+                node: Mutex::new(Some(node)),
+                group,
+                settings,
+                runtime: Some(runtime),
+            }),
+        })
+    }
+
+    /// The async API over the same store.
+    pub fn asynchronous(&self) -> AsyncDb {
+        AsyncDb {
+            inner: self.inner.clone(),
+        }
+    }
+
+    fn block<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match &self.inner.runtime {
+            Some(runtime) => runtime.block_on(work),
+            None => Err(Error::Closed),
+        }
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        self.block(self.asynchronous().put(key, value))
+    }
+
+    /// Appends `value` to `key`'s value (an absent key counts as empty).
+    pub fn append(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        self.block(self.asynchronous().append(key, value))
+    }
+
+    /// Removes `key`; true if it existed.
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        self.block(self.asynchronous().delete(key))
+    }
+
+    /// Sets `key` to `new` (removes it for `None`) if its value is
+    /// `expected` (`None`: absent).
+    pub fn compare_and_swap(
+        &self,
+        key: impl AsRef<[u8]>,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<CasOutcome> {
+        self.block(self.asynchronous().compare_and_swap(key, expected, new))
+    }
+
+    /// The value of `key`, read at the configured consistency.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        self.block(self.asynchronous().get(key))
+    }
+
+    /// The value of `key`, read at `consistency`.
+    pub fn get_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        consistency: ReadConsistency,
+    ) -> Result<Option<Vec<u8>>> {
+        self.block(self.asynchronous().get_with(key, consistency))
+    }
+
+    /// Up to `limit` pairs of `range` in key order, at the configured consistency.
+    pub fn scan(&self, range: &ScanRange, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.block(self.asynchronous().scan(range, limit))
+    }
+
+    /// Per group: role, term, leader, commit and applied index, log size...
+    pub fn status(&self) -> Result<Status> {
+        self.block(self.asynchronous().status())
+    }
+
+    /// Stops the node, syncing everything acknowledged, and closes the
+    /// store. Other clones of this `Db` get [`Error::Closed`] afterwards.
+    pub fn close(self) -> Result<()> {
+        let node = self
+            .inner
+            .node
+            .lock()
+            .map_err(|_| Error::Storage("the node lock is poisoned".into()))?
+            .take();
+        if let Some(node) = node {
+            node.shutdown();
+        }
+        Ok(())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl AsyncDb {
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        let max = self.inner.settings.max_key_bytes;
+        if key.len() > max {
+            return Err(Error::InvalidArgument(format!(
+                "key of {} bytes is over the {max}-byte limit (max_key_bytes)",
+                key.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<()> {
+        let max = self.inner.settings.max_value_bytes;
+        if value.len() > max {
+            return Err(Error::InvalidArgument(format!(
+                "value of {} bytes is over the {max}-byte limit (max_value_bytes)",
+                value.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sends a request made by `send` and waits for its answer, sending it
+    /// again after a retryable refusal (no leader yet, leader not ready,
+    /// overloaded) until the request timeout. Only refusals are retried: on
+    /// a single node a write is refused before it is proposed, never after.
+    async fn request<T>(
+        &self,
+        send: impl Fn() -> std::result::Result<Pending<T>, NodeError>,
+    ) -> Result<T> {
+        let timeout = self.inner.settings.request_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let answer = match tokio::time::timeout_at(deadline, send()?).await {
+                Err(_) => return Err(Error::Timeout(timeout)),
+                Ok(Err(_)) => return Err(Error::Closed),
+                Ok(Ok(answer)) => answer,
+            };
+            match answer {
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(100));
+                }
+                other => return other.map_err(Error::from),
+            }
+        }
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<WriteReply> {
+        self.check_key(op.key())?;
+        let command = Command {
+            // The single-node store never retries a write, so it needs no session.
+            client: 0,
+            seq: 0,
+            now_ms: now_ms(),
+            op,
+        };
+        let span = debug_span!("write", group = self.inner.group.id());
+        let reply = self
+            .request(|| self.inner.group.write(kv::command::encode(&command)))
+            .instrument(span)
+            .await?;
+        match reply {
+            WriteReply::SessionExpired => Err(Error::SessionExpired),
+            WriteReply::StaleSequence { last } => Err(Error::InvalidArgument(format!(
+                "write sequence number is older than the session's last ({last})"
+            ))),
+            other => Ok(other),
+        }
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        self.check_value(value.as_ref())?;
+        self.write(WriteOp::Put {
+            key: key.as_ref().to_vec(),
+            value: value.as_ref().to_vec(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Appends `value` to `key`'s value (an absent key counts as empty).
+    pub async fn append(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        self.check_value(value.as_ref())?;
+        self.write(WriteOp::Append {
+            key: key.as_ref().to_vec(),
+            value: value.as_ref().to_vec(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes `key`; true if it existed.
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        let reply = self
+            .write(WriteOp::Delete {
+                key: key.as_ref().to_vec(),
+            })
+            .await?;
+        Ok(matches!(reply, WriteReply::Deleted { existed: true }))
+    }
+
+    /// Sets `key` to `new` (removes it for `None`) if its value is
+    /// `expected` (`None`: absent).
+    pub async fn compare_and_swap(
+        &self,
+        key: impl AsRef<[u8]>,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<CasOutcome> {
+        if let Some(new) = new {
+            self.check_value(new)?;
+        }
+        let reply = self
+            .write(WriteOp::CompareAndSwap {
+                key: key.as_ref().to_vec(),
+                expected: expected.map(<[u8]>::to_vec),
+                new: new.map(<[u8]>::to_vec),
+            })
+            .await?;
+        match reply {
+            WriteReply::Swapped { swapped, current } => Ok(CasOutcome { swapped, current }),
+            other => Err(Error::Storage(format!(
+                "compare-and-swap got an unexpected reply: {other:?}"
+            ))),
+        }
+    }
+
+    /// The value of `key`, read at the configured consistency.
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        self.get_with(key, self.inner.settings.read_consistency)
+            .await
+    }
+
+    /// The value of `key`, read at `consistency`.
+    pub async fn get_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        consistency: ReadConsistency,
+    ) -> Result<Option<Vec<u8>>> {
+        let key = key.as_ref();
+        self.check_key(key)?;
+        let inner_key = keys::user_key(key);
+        if consistency == ReadConsistency::Stale {
+            return self
+                .inner
+                .group
+                .data()
+                .get(&inner_key)
+                .map_err(|e| Error::Storage(e.to_string()));
+        }
+        let span = debug_span!("get", group = self.inner.group.id());
+        self.request(|| self.inner.group.read(consistency, Some(inner_key.clone())))
+            .instrument(span)
+            .await
+    }
+
+    /// Up to `limit` pairs of `range` in key order, at the configured consistency.
+    pub async fn scan(&self, range: &ScanRange, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.scan_with(range, limit, self.inner.settings.read_consistency)
+            .await
+    }
+
+    /// Up to `limit` pairs of `range` in key order, at `consistency`.
+    pub async fn scan_with(
+        &self,
+        range: &ScanRange,
+        limit: usize,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if consistency != ReadConsistency::Stale {
+            self.request(|| self.inner.group.read(consistency, None))
+                .await?;
+        }
+        let group = self.inner.group.clone();
+        let range = range.clone();
+        // A long scan must not hold up a tokio worker.
+        tokio::task::spawn_blocking(move || scan_group(&group, &range, limit))
+            .await
+            .map_err(|e| Error::Storage(format!("scan task failed: {e}")))?
+    }
+
+    /// Per group: role, term, leader, commit and applied index, log size...
+    pub async fn status(&self) -> Result<Status> {
+        let group = &self.inner.group;
+        let rx = group.status().map_err(Error::from)?;
+        let timeout = self.inner.settings.request_timeout;
+        let status = tokio::time::timeout(timeout, rx)
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
+            .map_err(|_| Error::Closed)?;
+        Ok(Status {
+            path: self.inner.settings.path.clone(),
+            groups: vec![status],
+        })
+    }
+}
