@@ -108,14 +108,16 @@ impl Db {
             .next()
             .cloned()
             .ok_or_else(|| Error::Config("the node hosts no group".into()))?;
-        Ok(Db {
+        let db = Db {
             inner: Arc::new(Inner {
                 node: Mutex::new(Some(node)),
                 group,
                 settings,
                 runtime: Some(runtime),
             }),
-        })
+        };
+        db.block(db.asynchronous().wait_for_leader())?;
+        Ok(db)
     }
 
     /// The async API over the same store.
@@ -387,6 +389,25 @@ impl AsyncDb {
         tokio::task::spawn_blocking(move || scan_group(&group, &range, limit))
             .await
             .map_err(|e| Error::Storage(format!("scan task failed: {e}")))?
+    }
+
+    /// Waits (up to the request timeout) until the group has elected a
+    /// leader, so the first request after `open` is not refused.
+    async fn wait_for_leader(&self) -> Result<()> {
+        let timeout = self.inner.settings.request_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.status().await?;
+            if status.groups.iter().all(|g| g.raft.leader != 0) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "no leader elected within {timeout:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Per group: role, term, leader, commit and applied index, log size...

@@ -8,7 +8,9 @@
 mod bench;
 mod escape;
 
+use std::ffi::OsString;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -58,40 +60,40 @@ impl From<Consistency> for ReadConsistency {
 enum Command {
     /// Set KEY to VALUE.
     Put {
-        key: String,
-        value: String,
+        key: OsString,
+        value: OsString,
         #[command(flatten)]
         target: Target,
     },
     /// Print KEY's value; exit 1 (printing nothing) if it is absent.
     Get {
-        key: String,
+        key: OsString,
         #[command(flatten)]
         target: Target,
     },
     /// Append VALUE to KEY's value.
     Append {
-        key: String,
-        value: String,
+        key: OsString,
+        value: OsString,
         #[command(flatten)]
         target: Target,
     },
     /// Remove KEY; exit 1 if it was absent.
     Delete {
-        key: String,
+        key: OsString,
         #[command(flatten)]
         target: Target,
     },
     /// Print `key<TAB>value` for every key with PREFIX (or in --start..--end).
     Scan {
         /// Key prefix (omit with --start/--end).
-        prefix: Option<String>,
+        prefix: Option<OsString>,
         /// First key of a range.
         #[arg(long, conflicts_with = "prefix")]
-        start: Option<String>,
+        start: Option<OsString>,
         /// First key after a range (omit for no end).
         #[arg(long, conflicts_with = "prefix")]
-        end: Option<String>,
+        end: Option<OsString>,
         /// Most pairs printed.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
@@ -102,13 +104,13 @@ enum Command {
     /// --expected (or it is absent with --absent). Prints the value after;
     /// exits 1 if the value did not match.
     Cas {
-        key: String,
+        key: OsString,
         #[arg(long, required_unless_present = "absent")]
-        expected: Option<String>,
+        expected: Option<OsString>,
         #[arg(long, conflicts_with = "expected")]
         absent: bool,
         #[arg(long, required_unless_present = "remove")]
-        new: Option<String>,
+        new: Option<OsString>,
         #[arg(long, conflicts_with = "new")]
         remove: bool,
         #[command(flatten)]
@@ -130,6 +132,10 @@ fn open(target: &Target) -> Result<Db, String> {
         .map_err(|e| format!("cannot open {}: {e}", target.data.display()))
 }
 
+fn bytes(arg: &OsString) -> &[u8] {
+    arg.as_bytes()
+}
+
 fn run(command: Command) -> Result<ExitCode, String> {
     let mut out = std::io::stdout().lock();
     let mut print = |bytes: &[u8]| -> Result<(), String> {
@@ -140,17 +146,17 @@ fn run(command: Command) -> Result<ExitCode, String> {
     let failed = |e: flotilla::Error| e.to_string();
     match command {
         Command::Put { key, value, target } => {
-            open(&target)?.put(key, value).map_err(failed)?;
+            open(&target)?.put(bytes(&key), bytes(&value)).map_err(failed)?;
         }
         Command::Append { key, value, target } => {
-            open(&target)?.append(key, value).map_err(failed)?;
+            open(&target)?.append(bytes(&key), bytes(&value)).map_err(failed)?;
         }
-        Command::Get { key, target } => match open(&target)?.get(key).map_err(failed)? {
+        Command::Get { key, target } => match open(&target)?.get(bytes(&key)).map_err(failed)? {
             Some(value) => print(&value)?,
             None => return Ok(ExitCode::from(1)),
         },
         Command::Delete { key, target } => {
-            if !open(&target)?.delete(key).map_err(failed)? {
+            if !open(&target)?.delete(bytes(&key)).map_err(failed)? {
                 return Ok(ExitCode::from(1));
             }
         }
@@ -161,10 +167,11 @@ fn run(command: Command) -> Result<ExitCode, String> {
             limit,
             target,
         } => {
+            let end = end.map(|e| bytes(&e).to_vec()).unwrap_or_default();
             let range = match (prefix, start) {
-                (Some(prefix), _) => ScanRange::prefix(prefix),
-                (None, Some(start)) => ScanRange::range(start, end.unwrap_or_default()),
-                (None, None) => ScanRange::range("", end.unwrap_or_default()),
+                (Some(prefix), _) => ScanRange::prefix(bytes(&prefix)),
+                (None, Some(start)) => ScanRange::range(bytes(&start), end),
+                (None, None) => ScanRange::range(Vec::new(), end),
             };
             for (key, value) in open(&target)?.scan(&range, limit).map_err(failed)? {
                 let line = format!("{}\t{}", escape::escape(&key), escape::escape(&value));
@@ -180,9 +187,9 @@ fn run(command: Command) -> Result<ExitCode, String> {
         } => {
             let outcome = open(&target)?
                 .compare_and_swap(
-                    key,
-                    expected.as_deref().map(str::as_bytes),
-                    new.as_deref().map(str::as_bytes),
+                    bytes(&key),
+                    expected.as_ref().map(bytes),
+                    new.as_ref().map(bytes),
                 )
                 .map_err(failed)?;
             if let Some(current) = &outcome.current {

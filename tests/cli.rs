@@ -1,0 +1,82 @@
+//! The `flotilla` binary against an embedded store: output fit for scripts,
+//! exit codes, clear errors.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn flotilla(args: &[&str], data: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .expect("run flotilla")
+}
+
+#[test]
+fn commands_print_values_alone_and_exit_one_on_a_missing_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("store");
+    assert!(flotilla(&["put", "fruit/apple", "red"], &data).status.success());
+    assert!(flotilla(&["append", "fruit/apple", "dish"], &data).status.success());
+    assert!(flotilla(&["put", "fruit/odd\tkey", "line\nbreak"], &data).status.success());
+
+    let get = flotilla(&["get", "fruit/apple"], &data);
+    assert!(get.status.success());
+    assert_eq!(get.stdout, b"reddish\n");
+
+    let missing = flotilla(&["get", "fruit/pear"], &data);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(missing.stdout.is_empty());
+
+    let scan = flotilla(&["scan", "fruit/"], &data);
+    assert!(scan.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&scan.stdout),
+        "fruit/apple\treddish\nfruit/odd\\tkey\tline\\nbreak\n"
+    );
+
+    let swapped = flotilla(&["cas", "fruit/apple", "--expected", "reddish", "--new", "green"], &data);
+    assert!(swapped.status.success());
+    assert_eq!(swapped.stdout, b"green\n");
+    let refused = flotilla(&["cas", "fruit/apple", "--expected", "reddish", "--new", "blue"], &data);
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.stdout, b"green\n");
+
+    assert!(flotilla(&["delete", "fruit/apple"], &data).status.success());
+    assert_eq!(flotilla(&["delete", "fruit/apple"], &data).status.code(), Some(1));
+
+    let status = flotilla(&["status"], &data);
+    assert!(status.status.success());
+    assert!(String::from_utf8_lossy(&status.stdout).contains("role Leader"));
+}
+
+#[test]
+fn a_path_that_is_not_a_store_fails_with_a_message_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"hello").expect("write");
+    let out = flotilla(&["get", "k"], &file);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("plain-file"), "{stderr}");
+    assert!(stderr.contains("not a flotilla store"), "{stderr}");
+}
+
+#[test]
+fn bench_reports_throughput_and_latency_for_both_engines() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for engine in ["flotilla", "rocksdb"] {
+        let out = flotilla(
+            &["bench", "--engine", engine, "--clients", "4", "--ops", "200"],
+            &dir.path().join(engine),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{engine}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("ops=200"), "{stdout}");
+        assert!(stdout.contains("ops_per_sec=") && stdout.contains("p999_ms="), "{stdout}");
+    }
+    let get = flotilla(&["bench", "--workload", "get", "--ops", "100"], &dir.path().join("g"));
+    assert!(get.status.success(), "{}", String::from_utf8_lossy(&get.stderr));
+}
