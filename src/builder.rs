@@ -1,5 +1,7 @@
 //! `Db::builder`: every setting with its default, validated before anything starts.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,6 +17,24 @@ pub const MAX_KEY_BYTES: usize = 64 << 10;
 /// Largest value any setting allows: 2 MiB (a command must fit one 4 MiB frame).
 pub const MAX_VALUE_BYTES: usize = 2 << 20;
 
+/// A cluster member's certificate material, DER-encoded (as
+/// `flotilla cluster init` writes it).
+#[derive(Clone)]
+pub struct ClusterTls {
+    /// The cluster CA's certificate.
+    pub ca_cert: Vec<u8>,
+    /// This node's certificate, issued by the CA for its node id.
+    pub cert: Vec<u8>,
+    /// This node's private key (PKCS#8).
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClusterTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterTls { .. }")
+    }
+}
+
 /// Settings of a [`Db`]; finish with [`open`](Self::open).
 #[derive(Clone, Debug)]
 pub struct DbBuilder {
@@ -27,6 +47,10 @@ pub struct DbBuilder {
     pub(crate) compaction: CompactionPolicy,
     pub(crate) sessions: SessionLimits,
     pub(crate) inbox_capacity: usize,
+    pub(crate) node_id: u64,
+    pub(crate) listen: Option<SocketAddr>,
+    pub(crate) peers: BTreeMap<u64, SocketAddr>,
+    pub(crate) tls: Option<ClusterTls>,
 }
 
 impl DbBuilder {
@@ -41,7 +65,36 @@ impl DbBuilder {
             compaction: CompactionPolicy::default(),
             sessions: SessionLimits::default(),
             inbox_capacity: 16_384,
+            node_id: 1,
+            listen: None,
+            peers: BTreeMap::new(),
+            tls: None,
         }
+    }
+
+    /// This node's id in its cluster (1 or more). Default 1.
+    pub fn node_id(mut self, id: u64) -> Self {
+        self.node_id = id;
+        self
+    }
+
+    /// The UDP address this member listens on for QUIC. Required with peers.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
+    /// Adds another member of the cluster. With no peers (the default) the
+    /// store is a single node with no network.
+    pub fn peer(mut self, id: u64, addr: SocketAddr) -> Self {
+        self.peers.insert(id, addr);
+        self
+    }
+
+    /// Certificates for mutual TLS with the other members. Required with peers.
+    pub fn tls(mut self, tls: ClusterTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// How durable an acknowledged write is. Default [`Durability::Sync`]:
@@ -126,6 +179,23 @@ impl DbBuilder {
         if self.inbox_capacity == 0 {
             return bad("max_queued_requests must be at least 1".into());
         }
+        if self.node_id == 0 {
+            return bad("node_id 0 is reserved for clients; use 1 or more".into());
+        }
+        if !self.peers.is_empty() {
+            if self.listen.is_none() {
+                return bad("a cluster member needs a listen address".into());
+            }
+            if self.tls.is_none() {
+                return bad("a cluster member needs TLS material (CA certificate, node certificate and key)".into());
+            }
+            if self.peers.contains_key(&self.node_id) || self.peers.contains_key(&0) {
+                return bad(format!(
+                    "peer ids must be above 0 and differ from this node's id {}",
+                    self.node_id
+                ));
+            }
+        }
         if self.compaction.max_log_entries == 0 || self.compaction.max_raft_state_bytes == 0 {
             return bad("the compaction thresholds must be above zero".into());
         }
@@ -136,7 +206,10 @@ impl DbBuilder {
     /// recovers everything it holds.
     pub fn open(self) -> Result<Db> {
         self.validate()?;
-        let mut node = NodeOptions::new(1, self.path.clone());
+        let mut node = NodeOptions::new(self.node_id, self.path.clone());
+        node.initial_voters = std::iter::once(self.node_id)
+            .chain(self.peers.keys().copied())
+            .collect();
         node.durability = self.durability;
         node.compaction = self.compaction;
         node.sessions = self.sessions;

@@ -1,18 +1,26 @@
 //! `Db`: the embedded store, with a blocking API ([`Db`]) and an async one
 //! ([`AsyncDb`]) over the same node.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flotilla_engine::kv::{self, Command, WriteOp, WriteReply};
 use flotilla_engine::node::{
     GroupHandle, GroupStatus, NoNetwork, Node, NodeError, NodeOptions, Pending, ReadConsistency,
+    Transport,
+};
+use flotilla_net::{
+    Deliver, FrameKind, Identity, Mesh, Node as NetNode, Serve, DEFAULT_QUEUE_FRAMES,
 };
 use flotilla_wal::keys;
+use rustls_pki_types::CertificateDer;
 use tracing::{debug_span, Instrument};
 
 use crate::builder::DbBuilder;
+use crate::cluster::member::{deliver as member_deliver, Member, MeshTransport};
+use crate::cluster::proto::{self, Request, Response, WireError};
 use crate::error::{Error, Result};
 use crate::scan::{scan_group, ScanRange};
 
@@ -38,11 +46,20 @@ struct Inner {
     node: Mutex<Option<Node>>,
     group: GroupHandle,
     settings: DbBuilder,
+    /// Set for a cluster member: requests go through it (and the leader).
+    member: Option<Arc<Member>>,
+    mesh: Arc<OnceLock<Mesh>>,
+    /// Idle client sessions (id, next sequence number) for exactly-once
+    /// retries; one per concurrent write, so sequence numbers stay ordered.
+    sessions: Mutex<Vec<(u64, u64)>>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if let Some(mesh) = self.mesh.get() {
+            mesh.close();
+        }
         if let Ok(mut node) = self.node.lock() {
             if let Some(node) = node.take() {
                 node.shutdown();
@@ -92,12 +109,18 @@ impl Db {
 
     pub(crate) fn start(settings: DbBuilder, options: NodeOptions) -> Result<Db> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(if settings.peers.is_empty() { 1 } else { 2 })
             .thread_name("flotilla-runtime")
-            .enable_time()
+            .enable_all()
             .build()
             .map_err(|e| Error::Config(format!("cannot start the async runtime: {e}")))?;
-        let node = Node::open(options, Arc::new(NoNetwork)).map_err(|e| match e {
+        let mesh = Arc::new(OnceLock::new());
+        let transport: Arc<dyn Transport> = if settings.peers.is_empty() {
+            Arc::new(NoNetwork)
+        } else {
+            Arc::new(MeshTransport { mesh: mesh.clone() })
+        };
+        let node = Node::open(options, transport).map_err(|e| match e {
             NodeError::Storage(why) => {
                 Error::Storage(format!("{}: {why}", settings.path.display()))
             }
@@ -108,15 +131,37 @@ impl Db {
             .next()
             .cloned()
             .ok_or_else(|| Error::Config("the node hosts no group".into()))?;
+        let member = if settings.peers.is_empty() {
+            None
+        } else {
+            let groups: BTreeMap<u64, GroupHandle> =
+                node.groups().map(|g| (g.id(), g.clone())).collect();
+            let member = Arc::new(Member::new(
+                settings.node_id,
+                group.clone(),
+                mesh.clone(),
+                settings.peers.clone(),
+                settings.request_timeout,
+            ));
+            let _entered = runtime.enter();
+            let started = start_mesh(&settings, groups, member.clone())?;
+            let _ = mesh.set(started);
+            Some(member)
+        };
         let db = Db {
             inner: Arc::new(Inner {
                 node: Mutex::new(Some(node)),
                 group,
                 settings,
+                member,
+                mesh,
+                sessions: Mutex::new(Vec::new()),
                 runtime: Some(runtime),
             }),
         };
-        db.block(db.asynchronous().wait_for_leader())?;
+        if db.inner.member.is_none() {
+            db.block(db.asynchronous().wait_for_leader())?;
+        }
         Ok(db)
     }
 
@@ -193,10 +238,83 @@ impl Db {
             .lock()
             .map_err(|_| Error::Storage("the node lock is poisoned".into()))?
             .take();
+        if let Some(mesh) = self.inner.mesh.get() {
+            mesh.close();
+        }
         if let Some(node) = node {
             node.shutdown();
         }
         Ok(())
+    }
+
+    /// The fault rules of this member's network links (tests only; `None`
+    /// for a single node).
+    pub fn faults(&self) -> Option<flotilla_net::Faults> {
+        self.inner.mesh.get().map(|m| m.faults().clone())
+    }
+}
+
+/// Binds the member's endpoint and starts its links and request service.
+fn start_mesh(
+    settings: &DbBuilder,
+    groups: BTreeMap<u64, GroupHandle>,
+    member: Arc<Member>,
+) -> Result<Mesh> {
+    let (Some(listen), Some(tls)) = (settings.listen, settings.tls.as_ref()) else {
+        return Err(Error::Config(
+            "a cluster member needs listen and tls".into(),
+        ));
+    };
+    let identity = Identity {
+        certs: vec![CertificateDer::from(tls.cert.clone())],
+        key: tls.key.clone(),
+    };
+    let ca = CertificateDer::from(tls.ca_cert.clone());
+    let endpoint = NetNode::bind(settings.node_id, listen, &identity, &ca)
+        .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
+    let deliver: Deliver = Arc::new(move |peer, kind, payload| match kind {
+        FrameKind::Raft | FrameKind::Snapshot => member_deliver(&groups, peer, &payload),
+        _ => {}
+    });
+    let serve: Serve = Arc::new(move |peer, payload| {
+        let member = member.clone();
+        Box::pin(async move {
+            let response = match proto::decode::<Request>(&payload) {
+                Ok(request) => member.execute(request, peer == 0).await,
+                Err(e) => Response::Write(Err(WireError::from(e))),
+            };
+            proto::encode(&response)
+        })
+    });
+    Ok(Mesh::start(
+        endpoint,
+        &settings.peers,
+        DEFAULT_QUEUE_FRAMES,
+        deliver,
+        serve,
+    ))
+}
+
+fn unexpected(response: Response) -> WireError {
+    WireError::Other(format!("unexpected response: {response:?}"))
+}
+
+impl Inner {
+    fn take_session(&self) -> (u64, u64) {
+        if let Some(session) = self.sessions.lock().ok().and_then(|mut s| s.pop()) {
+            return session;
+        }
+        // A fresh random client id (never 0, which means "no session").
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(now_ms());
+        (hasher.finish().max(1), 1)
+    }
+
+    fn give_back_session(&self, client: u64, next_seq: u64) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.push((client, next_seq));
+        }
     }
 }
 
@@ -258,24 +376,80 @@ impl AsyncDb {
 
     async fn write(&self, op: WriteOp) -> Result<WriteReply> {
         self.check_key(op.key())?;
-        let command = Command {
-            // The single-node store never retries a write, so it needs no session.
-            client: 0,
-            seq: 0,
-            now_ms: now_ms(),
-            op,
+        let reply = match &self.inner.member {
+            None => {
+                let command = Command {
+                    // The single-node store never retries a write, so it needs no session.
+                    client: 0,
+                    seq: 0,
+                    now_ms: now_ms(),
+                    op,
+                };
+                let span = debug_span!("write", group = self.inner.group.id());
+                self.request(|| self.inner.group.write(kv::command::encode(&command)))
+                    .instrument(span)
+                    .await?
+            }
+            Some(member) => {
+                let (client, seq) = self.inner.take_session();
+                let command = kv::command::encode(&Command {
+                    client,
+                    seq,
+                    now_ms: now_ms(),
+                    op,
+                });
+                let span = debug_span!("write", client, seq);
+                let reply = self
+                    .call(member, Request::Write { command }, |r| match r {
+                        Response::Write(r) => r,
+                        other => Err(unexpected(other)),
+                    })
+                    .instrument(span)
+                    .await;
+                // The next write of this session gets the next number whatever
+                // happened: a retry of this one is never sent again.
+                self.inner.give_back_session(client, seq + 1);
+                reply?
+            }
         };
-        let span = debug_span!("write", group = self.inner.group.id());
-        let reply = self
-            .request(|| self.inner.group.write(kv::command::encode(&command)))
-            .instrument(span)
-            .await?;
         match reply {
             WriteReply::SessionExpired => Err(Error::SessionExpired),
             WriteReply::StaleSequence { last } => Err(Error::InvalidArgument(format!(
                 "write sequence number is older than the session's last ({last})"
             ))),
             other => Ok(other),
+        }
+    }
+
+    /// Sends `request` through the member (which forwards it to the leader),
+    /// again after each retryable error, with the same session sequence
+    /// number for a write, until the request timeout.
+    async fn call<T>(
+        &self,
+        member: &Member,
+        request: Request,
+        pick: fn(Response) -> std::result::Result<T, WireError>,
+    ) -> Result<T> {
+        let timeout = self.inner.settings.request_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(2);
+        loop {
+            let response = match tokio::time::timeout_at(
+                deadline,
+                member.execute(request.clone(), true),
+            )
+            .await
+            {
+                Err(_) => return Err(Error::Timeout(timeout)),
+                Ok(response) => response,
+            };
+            match pick(response).map_err(Error::from) {
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(100));
+                }
+                other => return other,
+            }
         }
     }
 
@@ -351,6 +525,18 @@ impl AsyncDb {
     ) -> Result<Option<Vec<u8>>> {
         let key = key.as_ref();
         self.check_key(key)?;
+        if let Some(member) = &self.inner.member {
+            let request = Request::Get {
+                key: key.to_vec(),
+                consistency: consistency.into(),
+            };
+            return self
+                .call(member, request, |r| match r {
+                    Response::Get(r) => r,
+                    other => Err(unexpected(other)),
+                })
+                .await;
+        }
         let inner_key = keys::user_key(key);
         if consistency == ReadConsistency::Stale {
             return self
@@ -379,6 +565,21 @@ impl AsyncDb {
         limit: usize,
         consistency: ReadConsistency,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if let Some(member) = &self.inner.member {
+            let (start, end) = range.bounds()?;
+            let request = Request::Scan {
+                start,
+                end,
+                limit: limit as u64,
+                consistency: consistency.into(),
+            };
+            return self
+                .call(member, request, |r| match r {
+                    Response::Scan(r) => r,
+                    other => Err(unexpected(other)),
+                })
+                .await;
+        }
         if consistency != ReadConsistency::Stale {
             self.request(|| self.inner.group.read(consistency, None))
                 .await?;

@@ -20,11 +20,17 @@
 //! ```
 
 mod builder;
+mod cluster;
 mod db;
 mod error;
 mod scan;
 
-pub use builder::{DbBuilder, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+pub use builder::{ClusterTls, DbBuilder, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+pub use cluster::client::RemoteClient;
+pub use cluster::files::{
+    init_cluster, load_client, load_node, ClientConfig, ClientFiles, NodeConfig,
+};
+pub use cluster::proto::RemoteStatus;
 pub use db::{AsyncDb, CasOutcome, Db, Status};
 pub use error::{Error, Result};
 pub use flotilla_engine::node::{GroupStatus, ReadConsistency};

@@ -34,8 +34,9 @@ impl ScanRange {
         }
     }
 
-    /// `(start, end)` with an empty `end` meaning unbounded.
-    fn bounds(&self) -> Result<(Vec<u8>, Vec<u8>)> {
+    /// `(start, end)` with an empty `end` meaning unbounded; an error for a
+    /// range that ends before it starts.
+    pub fn bounds(&self) -> Result<(Vec<u8>, Vec<u8>)> {
         match self {
             ScanRange::Prefix(prefix) => Ok((prefix.clone(), prefix_end(prefix))),
             ScanRange::Range { start, end } => {

@@ -17,9 +17,15 @@ fn flotilla(args: &[&str], data: &Path) -> Output {
 fn commands_print_values_alone_and_exit_one_on_a_missing_key() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("store");
-    assert!(flotilla(&["put", "fruit/apple", "red"], &data).status.success());
-    assert!(flotilla(&["append", "fruit/apple", "dish"], &data).status.success());
-    assert!(flotilla(&["put", "fruit/odd\tkey", "line\nbreak"], &data).status.success());
+    assert!(flotilla(&["put", "fruit/apple", "red"], &data)
+        .status
+        .success());
+    assert!(flotilla(&["append", "fruit/apple", "dish"], &data)
+        .status
+        .success());
+    assert!(flotilla(&["put", "fruit/odd\tkey", "line\nbreak"], &data)
+        .status
+        .success());
 
     let get = flotilla(&["get", "fruit/apple"], &data);
     assert!(get.status.success());
@@ -36,15 +42,38 @@ fn commands_print_values_alone_and_exit_one_on_a_missing_key() {
         "fruit/apple\treddish\nfruit/odd\\tkey\tline\\nbreak\n"
     );
 
-    let swapped = flotilla(&["cas", "fruit/apple", "--expected", "reddish", "--new", "green"], &data);
+    let swapped = flotilla(
+        &[
+            "cas",
+            "fruit/apple",
+            "--expected",
+            "reddish",
+            "--new",
+            "green",
+        ],
+        &data,
+    );
     assert!(swapped.status.success());
     assert_eq!(swapped.stdout, b"green\n");
-    let refused = flotilla(&["cas", "fruit/apple", "--expected", "reddish", "--new", "blue"], &data);
+    let refused = flotilla(
+        &[
+            "cas",
+            "fruit/apple",
+            "--expected",
+            "reddish",
+            "--new",
+            "blue",
+        ],
+        &data,
+    );
     assert_eq!(refused.status.code(), Some(1));
     assert_eq!(refused.stdout, b"green\n");
 
     assert!(flotilla(&["delete", "fruit/apple"], &data).status.success());
-    assert_eq!(flotilla(&["delete", "fruit/apple"], &data).status.code(), Some(1));
+    assert_eq!(
+        flotilla(&["delete", "fruit/apple"], &data).status.code(),
+        Some(1)
+    );
 
     let status = flotilla(&["status"], &data);
     assert!(status.status.success());
@@ -69,14 +98,36 @@ fn bench_reports_throughput_and_latency_for_both_engines() {
     let dir = tempfile::tempdir().expect("temp dir");
     for engine in ["flotilla", "rocksdb"] {
         let out = flotilla(
-            &["bench", "--engine", engine, "--clients", "4", "--ops", "200"],
+            &[
+                "bench",
+                "--engine",
+                engine,
+                "--clients",
+                "4",
+                "--ops",
+                "200",
+            ],
             &dir.path().join(engine),
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{engine}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{engine}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(stdout.contains("ops=200"), "{stdout}");
-        assert!(stdout.contains("ops_per_sec=") && stdout.contains("p999_ms="), "{stdout}");
+        assert!(
+            stdout.contains("ops_per_sec=") && stdout.contains("p999_ms="),
+            "{stdout}"
+        );
     }
-    let get = flotilla(&["bench", "--workload", "get", "--ops", "100"], &dir.path().join("g"));
-    assert!(get.status.success(), "{}", String::from_utf8_lossy(&get.stderr));
+    let get = flotilla(
+        &["bench", "--workload", "get", "--ops", "100"],
+        &dir.path().join("g"),
+    );
+    assert!(
+        get.status.success(),
+        "{}",
+        String::from_utf8_lossy(&get.stderr)
+    );
 }

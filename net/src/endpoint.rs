@@ -19,12 +19,30 @@ use crate::NetError;
 
 /// How long a connecting peer has to finish its handshake and hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Keep-alive interval on every connection: a peer that stops answering
+/// (killed, partitioned) is noticed within [`IDLE_TIMEOUT`].
+pub const KEEP_ALIVE: Duration = Duration::from_millis(500);
+/// A connection with nothing heard for this long is closed, and its link
+/// reconnects.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut config = quinn::TransportConfig::default();
+    config.keep_alive_interval(Some(KEEP_ALIVE));
+    // The conversion only fails for durations beyond 2^62 microseconds.
+    if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
+        config.max_idle_timeout(Some(idle));
+    }
+    Arc::new(config)
+}
+
 /// Close code for a refused peer.
 const REFUSED: u32 = 1;
 
 /// A node's endpoint.
 pub struct Node {
     id: u64,
+    incarnation: u64,
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
 }
@@ -34,6 +52,9 @@ pub struct Node {
 pub struct PeerConnection {
     /// The peer's node id, as its certificate proves.
     pub peer: u64,
+    /// The peer process's incarnation (random per start), from its hello;
+    /// 0 for our own outgoing connections.
+    pub incarnation: u64,
     conn: quinn::Connection,
 }
 
@@ -49,14 +70,30 @@ impl Node {
             .map_err(|e| NetError::Tls(format!("server config: {e}")))?;
         let client = QuicClientConfig::try_from(tls::client_config(identity, ca)?)
             .map_err(|e| NetError::Tls(format!("client config: {e}")))?;
-        let endpoint =
-            quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(server)), addr)
-                .map_err(|e| NetError::Io(format!("cannot listen on {addr}: {e}")))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
+        server.transport_config(transport());
+        let endpoint = quinn::Endpoint::server(server, addr)
+            .map_err(|e| NetError::Io(format!("cannot listen on {addr}: {e}")))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client));
+        client.transport_config(transport());
+        // Distinguishes this process from an earlier one with the same id.
+        let incarnation = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(id);
+            h.finish().max(1)
+        };
         Ok(Node {
             id,
+            incarnation,
             endpoint,
-            client: quinn::ClientConfig::new(Arc::new(client)),
+            client,
         })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The address the node listens on.
@@ -83,9 +120,11 @@ impl Node {
             .map_err(|e| fail(e.to_string()))?;
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| fail(e.to_string()))?;
+            let mut payload = self.id.to_be_bytes().to_vec();
+            payload.extend_from_slice(&self.incarnation.to_be_bytes());
             let hello = Frame {
                 kind: FrameKind::Hello,
-                payload: self.id.to_be_bytes().to_vec(),
+                payload,
             };
             write_frame(&mut send, &hello).await?;
             let _ = send.finish();
@@ -98,7 +137,11 @@ impl Node {
         tokio::time::timeout(HELLO_TIMEOUT, exchange)
             .await
             .map_err(|_| fail("no answer to hello".into()))??;
-        Ok(PeerConnection { peer, conn })
+        Ok(PeerConnection {
+            peer,
+            incarnation: 0,
+            conn,
+        })
     }
 
     /// Waits for the next peer. `None` once the endpoint is closed; an
@@ -140,11 +183,20 @@ impl Node {
             .accept_bi()
             .await
             .map_err(|e| refuse(format!("no hello stream: {e}")))?;
-        let claimed = match read_frame(&mut recv).await {
+        // The hello: the claimed id, then (since the mesh) the incarnation.
+        let (claimed, incarnation) = match read_frame(&mut recv).await {
             Ok(Some(Frame {
                 kind: FrameKind::Hello,
                 payload,
-            })) if payload.len() == 8 => u64::from_be_bytes(payload.try_into().unwrap_or_default()),
+            })) if payload.len() == 8 || payload.len() == 16 => {
+                let word = |at: usize| {
+                    payload
+                        .get(at..at + 8)
+                        .and_then(|b| b.try_into().ok())
+                        .map_or(0, u64::from_be_bytes)
+                };
+                (word(0), word(8))
+            }
             other => {
                 conn.close(REFUSED.into(), b"expected a hello");
                 return Err(refuse(format!("expected a hello frame, got {other:?}")));
@@ -167,6 +219,7 @@ impl Node {
         let _ = send.finish();
         Ok(PeerConnection {
             peer: claimed,
+            incarnation,
             conn,
         })
     }
@@ -208,6 +261,62 @@ impl PeerConnection {
                 Err(e)
             }
         }
+    }
+
+    /// Opens a long-lived one-way stream to write frames on.
+    pub async fn open_stream(&self) -> Result<quinn::SendStream, NetError> {
+        self.conn
+            .open_uni()
+            .await
+            .map_err(|e| NetError::Closed(e.to_string()))
+    }
+
+    /// Waits for the next one-way stream the peer opens.
+    pub async fn accept_stream(&self) -> Result<quinn::RecvStream, NetError> {
+        self.conn
+            .accept_uni()
+            .await
+            .map_err(|e| NetError::Closed(e.to_string()))
+    }
+
+    /// Waits for the next request stream the peer opens.
+    pub async fn accept_request(&self) -> Result<(quinn::SendStream, quinn::RecvStream), NetError> {
+        self.conn
+            .accept_bi()
+            .await
+            .map_err(|e| NetError::Closed(e.to_string()))
+    }
+
+    /// Sends one request on a stream of its own and waits for the answer.
+    pub async fn request(&self, payload: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        let (mut send, mut recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| NetError::Closed(e.to_string()))?;
+        write_frame(
+            &mut send,
+            &Frame {
+                kind: FrameKind::Request,
+                payload,
+            },
+        )
+        .await?;
+        let _ = send.finish();
+        match read_frame(&mut recv).await? {
+            Some(Frame {
+                kind: FrameKind::Response,
+                payload,
+            }) => Ok(payload),
+            other => Err(NetError::Malformed(format!(
+                "expected a response frame, got {other:?}"
+            ))),
+        }
+    }
+
+    /// True once the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
     }
 
     /// Sends raw bytes on a new stream (for tests of malformed input).

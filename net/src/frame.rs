@@ -23,6 +23,10 @@ pub enum FrameKind {
     Raft = 2,
     /// A snapshot chunk.
     Snapshot = 3,
+    /// A client request (on a bidirectional stream of its own).
+    Request = 4,
+    /// The answer to a request, on the same stream.
+    Response = 5,
 }
 
 impl FrameKind {
@@ -31,6 +35,8 @@ impl FrameKind {
             1 => Some(FrameKind::Hello),
             2 => Some(FrameKind::Raft),
             3 => Some(FrameKind::Snapshot),
+            4 => Some(FrameKind::Request),
+            5 => Some(FrameKind::Response),
             _ => None,
         }
     }

@@ -8,16 +8,20 @@
 //! logged before a single message is handed on. Frames ([`frame`]) are
 //! versioned and length-checked.
 //!
-//! Not here yet (issue 4): long-lived per-peer connections multiplexing all
-//! groups with separate Raft and snapshot streams, reconnect with backoff,
-//! bounded send queues, the fault-injecting wrapper.
+//! [`Mesh`] keeps long-lived links to every peer (separate Raft and snapshot
+//! streams, bounded queues, reconnect with back-off) and serves request
+//! streams; [`Faults`] injects drops, cuts and delays for tests.
 
 pub mod endpoint;
+pub mod fault;
 pub mod frame;
+pub mod mesh;
 pub mod tls;
 
 pub use endpoint::{Node, PeerConnection};
+pub use fault::Faults;
 pub use frame::{Frame, FrameKind, FRAME_VERSION, MAX_FRAME_BYTES};
+pub use mesh::{Deliver, Mesh, Serve, DEFAULT_QUEUE_FRAMES};
 use thiserror::Error;
 pub use tls::{ClusterCa, Identity};
 

@@ -167,6 +167,14 @@ impl GroupHandle {
         Ok(rx)
     }
 
+    /// Hands a message from a peer to the group; dropped (Raft retries) if
+    /// the inbox is full.
+    pub fn deliver(&self, msg: Message) {
+        if self.tx.try_send(Event::Message(msg)).is_err() {
+            debug!(group = self.group, "inbox full: dropped a peer message");
+        }
+    }
+
     /// The group's applied data, for scans after a read barrier.
     pub fn data(&self) -> &GroupData {
         &self.data
@@ -251,11 +259,7 @@ impl Node {
     /// the group is unknown or its inbox is full.
     pub fn deliver(&self, msg: Message) {
         match self.groups.get(&msg.group) {
-            Some(handle) => {
-                if handle.tx.try_send(Event::Message(msg)).is_err() {
-                    debug!(group = handle.group, "inbox full: dropped a peer message");
-                }
-            }
+            Some(handle) => handle.deliver(msg),
             None => debug!(
                 group = msg.group,
                 "message for a group this node does not host"

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use flotilla::{Db, ReadConsistency, ScanRange};
+use flotilla::{Db, ReadConsistency, RemoteClient, ScanRange};
 
 #[derive(Parser)]
 #[command(
@@ -32,8 +32,19 @@ struct Cli {
 #[derive(Args, Clone, Debug)]
 struct Target {
     /// An embedded single-node store in this directory (created if absent).
-    #[arg(long, value_name = "PATH")]
-    data: PathBuf,
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "cluster",
+        conflicts_with = "cluster"
+    )]
+    data: Option<PathBuf>,
+    /// A running cluster, as `flotilla cluster init` wrote its directory.
+    #[arg(long, value_name = "DIR")]
+    cluster: Option<PathBuf>,
+    /// Give up on a request after this many seconds.
+    #[arg(long, default_value_t = 10)]
+    timeout_secs: u64,
     /// Read consistency for get and scan.
     #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
     consistency: Consistency,
@@ -123,13 +134,125 @@ enum Command {
     },
     /// Measure put or get throughput and latency.
     Bench(bench::BenchArgs),
+    /// Set up a local cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Run a cluster member until SIGTERM or SIGINT.
+    Serve {
+        /// The member's config file (`flotilla cluster init` writes one per node).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
-fn open(target: &Target) -> Result<Db, String> {
-    Db::builder(&target.data)
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Write a CA, node and client certificates and one config per node
+    /// for a cluster on loopback.
+    Init {
+        /// Number of members.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Directory to write into (must not hold a cluster yet).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// An embedded store or a cluster, behind the same commands.
+enum Store {
+    Local(Db),
+    Remote(RemoteClient, ReadConsistency),
+}
+
+impl Store {
+    fn put(&self, key: &[u8], value: &[u8]) -> flotilla::Result<()> {
+        match self {
+            Store::Local(db) => db.put(key, value),
+            Store::Remote(c, _) => c.put(key, value),
+        }
+    }
+    fn append(&self, key: &[u8], value: &[u8]) -> flotilla::Result<()> {
+        match self {
+            Store::Local(db) => db.append(key, value),
+            Store::Remote(c, _) => c.append(key, value),
+        }
+    }
+    fn get(&self, key: &[u8]) -> flotilla::Result<Option<Vec<u8>>> {
+        match self {
+            Store::Local(db) => db.get(key),
+            Store::Remote(c, consistency) => c.get(key, *consistency),
+        }
+    }
+    fn delete(&self, key: &[u8]) -> flotilla::Result<bool> {
+        match self {
+            Store::Local(db) => db.delete(key),
+            Store::Remote(c, _) => c.delete(key),
+        }
+    }
+    fn compare_and_swap(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> flotilla::Result<flotilla::CasOutcome> {
+        match self {
+            Store::Local(db) => db.compare_and_swap(key, expected, new),
+            Store::Remote(c, _) => c.compare_and_swap(key, expected, new),
+        }
+    }
+    fn scan(&self, range: &ScanRange, limit: usize) -> flotilla::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        match self {
+            Store::Local(db) => db.scan(range, limit),
+            Store::Remote(c, consistency) => {
+                let (start, end) = range.bounds()?;
+                c.scan(start, end, limit, *consistency)
+            }
+        }
+    }
+}
+
+fn open(target: &Target) -> Result<Store, String> {
+    let timeout = std::time::Duration::from_secs(target.timeout_secs.max(1));
+    if let Some(dir) = &target.cluster {
+        let client = RemoteClient::open(dir, timeout)
+            .map_err(|e| format!("cannot use cluster {}: {e}", dir.display()))?;
+        return Ok(Store::Remote(client, target.consistency.into()));
+    }
+    let Some(data) = &target.data else {
+        return Err("give --data PATH or --cluster DIR".into());
+    };
+    Db::builder(data)
         .read_consistency(target.consistency.into())
+        .request_timeout(timeout)
         .open()
-        .map_err(|e| format!("cannot open {}: {e}", target.data.display()))
+        .map(Store::Local)
+        .map_err(|e| format!("cannot open {}: {e}", data.display()))
+}
+
+fn serve(config: &std::path::Path) -> Result<(), String> {
+    let builder = flotilla::load_node(config).map_err(|e| e.to_string())?;
+    let db = builder
+        .open()
+        .map_err(|e| format!("{}: {e}", config.display()))?;
+    eprintln!("flotilla: serving {}", config.display());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        Ok::<(), String>(())
+    })?;
+    db.close().map_err(|e| e.to_string())?;
+    eprintln!("flotilla: stopped cleanly");
+    Ok(())
 }
 
 fn bytes(arg: &OsString) -> &[u8] {
@@ -146,10 +269,14 @@ fn run(command: Command) -> Result<ExitCode, String> {
     let failed = |e: flotilla::Error| e.to_string();
     match command {
         Command::Put { key, value, target } => {
-            open(&target)?.put(bytes(&key), bytes(&value)).map_err(failed)?;
+            open(&target)?
+                .put(bytes(&key), bytes(&value))
+                .map_err(failed)?;
         }
         Command::Append { key, value, target } => {
-            open(&target)?.append(bytes(&key), bytes(&value)).map_err(failed)?;
+            open(&target)?
+                .append(bytes(&key), bytes(&value))
+                .map_err(failed)?;
         }
         Command::Get { key, target } => match open(&target)?.get(bytes(&key)).map_err(failed)? {
             Some(value) => print(&value)?,
@@ -200,7 +327,35 @@ fn run(command: Command) -> Result<ExitCode, String> {
             }
         }
         Command::Status { target } => {
-            let status = open(&target)?.status().map_err(failed)?;
+            let store = open(&target)?;
+            let status = match store {
+                Store::Local(db) => db.status().map_err(failed)?,
+                Store::Remote(client, _) => {
+                    let mut all_answered = true;
+                    for (node, answer) in client.status() {
+                        match answer {
+                            Ok(groups) => {
+                                for g in groups {
+                                    println!(
+                                        "node {} group {} role {} term {} leader {} commit {} applied {} log_bytes {} snapshot {} voters {:?}",
+                                        g.node, g.group, g.role, g.term, g.leader, g.commit_index,
+                                        g.applied_index, g.log_bytes, g.snapshot_index, g.voters
+                                    );
+                                }
+                            }
+                            Err(e) => {
+                                all_answered = false;
+                                println!("node {node} unreachable: {e}");
+                            }
+                        }
+                    }
+                    return Ok(if all_answered {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    });
+                }
+            };
             println!("store {}", status.path.display());
             for group in status.groups {
                 let raft = &group.raft;
@@ -221,11 +376,40 @@ fn run(command: Command) -> Result<ExitCode, String> {
             }
         }
         Command::Bench(args) => bench::run(args)?,
+        Command::Cluster(ClusterCommand::Init { nodes, dir }) => {
+            flotilla::init_cluster(nodes, &dir).map_err(failed)?;
+            println!("wrote a {nodes}-node cluster to {}", dir.display());
+            for id in 1..=nodes {
+                println!(
+                    "  flotilla serve --config {}",
+                    dir.join(format!("node{id}.toml")).display()
+                );
+            }
+        }
+        Command::Serve { config } => serve(&config)?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// Logs to stderr at the level `FLOTILLA_LOG` names (error, warn, info,
+/// debug, trace; default warn).
+fn init_logging() {
+    let level = match std::env::var("FLOTILLA_LOG").as_deref() {
+        Ok("error") => tracing::Level::ERROR,
+        Ok("info") => tracing::Level::INFO,
+        Ok("debug") => tracing::Level::DEBUG,
+        Ok("trace") => tracing::Level::TRACE,
+        _ => tracing::Level::WARN,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
 fn main() -> ExitCode {
+    init_logging();
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,

@@ -1,0 +1,323 @@
+//! A client of a running cluster (what the `flotilla` commands use with
+//! `--cluster D`): connects with the client certificate, follows leader
+//! hints, retries retryable errors with the same session sequence number.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flotilla_engine::kv::{self, Command, WriteOp, WriteReply};
+use flotilla_net::{Identity, Node as NetNode, PeerConnection};
+use rustls_pki_types::CertificateDer;
+
+use crate::cluster::files::load_client;
+use crate::cluster::proto::{self, Consistency, RemoteStatus, Request, Response, WireError};
+use crate::db::CasOutcome;
+use crate::error::{Error, Result};
+use crate::ReadConsistency;
+
+/// A connection to a cluster.
+pub struct RemoteClient {
+    runtime: tokio::runtime::Runtime,
+    endpoint: NetNode,
+    nodes: BTreeMap<u64, SocketAddr>,
+    conns: tokio::sync::Mutex<BTreeMap<u64, Arc<PeerConnection>>>,
+    leader: Mutex<Option<u64>>,
+    session: Mutex<(u64, u64)>,
+    timeout: Duration,
+}
+
+impl RemoteClient {
+    /// Reads the cluster directory `dir` (as `flotilla cluster init` wrote it).
+    pub fn open(dir: &Path, timeout: Duration) -> Result<RemoteClient> {
+        let files = load_client(dir)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start the async runtime: {e}")))?;
+        let identity = Identity {
+            certs: vec![CertificateDer::from(files.tls.cert.clone())],
+            key: files.tls.key.clone(),
+        };
+        let ca = CertificateDer::from(files.tls.ca_cert.clone());
+        let endpoint = {
+            let _entered = runtime.enter();
+            NetNode::bind(0, SocketAddr::from(([127, 0, 0, 1], 0)), &identity, &ca)
+                .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let client_id = (now ^ (u64::from(std::process::id()) << 32)).max(1);
+        Ok(RemoteClient {
+            runtime,
+            endpoint,
+            nodes: files.nodes,
+            conns: tokio::sync::Mutex::new(BTreeMap::new()),
+            leader: Mutex::new(None),
+            session: Mutex::new((client_id, 1)),
+            timeout,
+        })
+    }
+
+    async fn connection(&self, node: u64) -> Result<Arc<PeerConnection>> {
+        let mut conns = self.conns.lock().await;
+        if let Some(conn) = conns.get(&node).filter(|c| !c.is_closed()) {
+            return Ok(conn.clone());
+        }
+        let addr = self.nodes[&node];
+        let conn = Arc::new(
+            self.endpoint
+                .connect(node, addr)
+                .await
+                .map_err(|e| Error::Unavailable(e.to_string()))?,
+        );
+        conns.insert(node, conn.clone());
+        Ok(conn)
+    }
+
+    async fn send_to(&self, node: u64, request: &Request) -> Result<Response> {
+        let conn = self.connection(node).await?;
+        match conn.request(proto::encode(request)).await {
+            Ok(bytes) => proto::decode(&bytes),
+            Err(e) => {
+                self.conns.lock().await.remove(&node);
+                Err(Error::Unavailable(format!("node {node}: {e}")))
+            }
+        }
+    }
+
+    /// Sends `request` to the leader (or whoever answers), following hints
+    /// and retrying retryable errors until the timeout.
+    async fn call<T>(
+        &self,
+        request: Request,
+        pick: fn(Response) -> std::result::Result<T, WireError>,
+    ) -> Result<T> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        let mut next = 0usize;
+        let mut backoff = Duration::from_millis(5);
+        let mut last_error = Error::Unavailable("no member answered".into());
+        while tokio::time::Instant::now() < deadline {
+            let target = self
+                .leader
+                .lock()
+                .ok()
+                .and_then(|l| *l)
+                .unwrap_or_else(|| ids[next % ids.len()]);
+            let attempt = tokio::time::timeout_at(deadline, self.send_to(target, &request)).await;
+            let result = match attempt {
+                Err(_) => Err(Error::Timeout(self.timeout)),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(response)) => pick(response).map_err(Error::from),
+            };
+            match result {
+                Ok(value) => {
+                    if let Ok(mut leader) = self.leader.lock() {
+                        *leader = Some(target);
+                    }
+                    return Ok(value);
+                }
+                Err(e) if e.is_retryable() => {
+                    let hint = match &e {
+                        Error::NotLeader { leader: Some(l) } if self.nodes.contains_key(l) => {
+                            Some(*l)
+                        }
+                        _ => None,
+                    };
+                    if let Ok(mut leader) = self.leader.lock() {
+                        *leader = hint;
+                    }
+                    if hint.is_none() {
+                        next += 1;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(200));
+                    }
+                    last_error = e;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(match last_error {
+            Error::Unavailable(why) => Error::Unavailable(format!(
+                "no member answered within {:?}: {why}",
+                self.timeout
+            )),
+            other => other,
+        })
+    }
+
+    fn write(&self, op: WriteOp) -> Result<WriteReply> {
+        let (client, seq) = match self.session.lock() {
+            Ok(mut session) => {
+                let current = *session;
+                session.1 += 1;
+                current
+            }
+            Err(_) => return Err(Error::Unavailable("session lock poisoned".into())),
+        };
+        let command = kv::command::encode(&Command {
+            client,
+            seq,
+            now_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            op,
+        });
+        let reply = self
+            .runtime
+            .block_on(self.call(Request::Write { command }, |r| match r {
+                Response::Write(r) => r,
+                other => Err(WireError::Other(format!("unexpected response {other:?}"))),
+            }))?;
+        match reply {
+            WriteReply::SessionExpired => Err(Error::SessionExpired),
+            WriteReply::StaleSequence { last } => Err(Error::InvalidArgument(format!(
+                "stale sequence number (session at {last})"
+            ))),
+            other => Ok(other),
+        }
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.write(WriteOp::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        })
+        .map(|_| ())
+    }
+
+    /// Appends `value` to `key`'s value.
+    pub fn append(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.write(WriteOp::Append {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        })
+        .map(|_| ())
+    }
+
+    /// Removes `key`; true if it existed.
+    pub fn delete(&self, key: &[u8]) -> Result<bool> {
+        Ok(matches!(
+            self.write(WriteOp::Delete { key: key.to_vec() })?,
+            WriteReply::Deleted { existed: true }
+        ))
+    }
+
+    /// Compare-and-swap, as [`crate::Db::compare_and_swap`].
+    pub fn compare_and_swap(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<CasOutcome> {
+        match self.write(WriteOp::CompareAndSwap {
+            key: key.to_vec(),
+            expected: expected.map(<[u8]>::to_vec),
+            new: new.map(<[u8]>::to_vec),
+        })? {
+            WriteReply::Swapped { swapped, current } => Ok(CasOutcome { swapped, current }),
+            other => Err(Error::Unavailable(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8], consistency: ReadConsistency) -> Result<Option<Vec<u8>>> {
+        let request = Request::Get {
+            key: key.to_vec(),
+            consistency: Consistency::from(consistency),
+        };
+        self.runtime.block_on(self.call(request, |r| match r {
+            Response::Get(r) => r,
+            other => Err(WireError::Other(format!("unexpected response {other:?}"))),
+        }))
+    }
+
+    /// Up to `limit` pairs in `start..end` (empty end: unbounded).
+    pub fn scan(
+        &self,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        limit: usize,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let request = Request::Scan {
+            start,
+            end,
+            limit: limit as u64,
+            consistency: Consistency::from(consistency),
+        };
+        self.runtime.block_on(self.call(request, |r| match r {
+            Response::Scan(r) => r,
+            other => Err(WireError::Other(format!("unexpected response {other:?}"))),
+        }))
+    }
+
+    /// Test only: replaces member `node`'s fault rules (drop share in
+    /// millionths, delivery delay, partition sides). The member must run
+    /// with `FLOTILLA_TEST_FAULTS=1`.
+    pub fn inject_faults(
+        &self,
+        node: u64,
+        drop_ppm: u32,
+        delay: Duration,
+        partition: Vec<Vec<u64>>,
+    ) -> Result<()> {
+        let request = Request::InjectFaults {
+            drop_ppm,
+            delay_ms: delay.as_millis() as u64,
+            partition,
+        };
+        self.runtime.block_on(async {
+            match self.send_to(node, &request).await? {
+                Response::Faults(r) => r.map_err(Error::from),
+                other => Err(Error::Unavailable(format!("unexpected response {other:?}"))),
+            }
+        })
+    }
+
+    /// Sends a request to one member only, with no retry (tests use it to
+    /// talk to a member on the minority side of a partition).
+    pub fn get_from(&self, node: u64, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let request = Request::Get {
+            key: key.to_vec(),
+            consistency: Consistency::Linearizable,
+        };
+        self.runtime.block_on(async {
+            match tokio::time::timeout(self.timeout, self.send_to(node, &request)).await {
+                Err(_) => Err(Error::Timeout(self.timeout)),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(Response::Get(r))) => r.map_err(Error::from),
+                Ok(Ok(other)) => Err(Error::Unavailable(format!("unexpected response {other:?}"))),
+            }
+        })
+    }
+
+    /// Every member's status; a member that does not answer is reported as
+    /// an error beside its id.
+    pub fn status(&self) -> Vec<(u64, Result<Vec<RemoteStatus>>)> {
+        self.nodes
+            .keys()
+            .map(|&id| {
+                let answer = self.runtime.block_on(async {
+                    match tokio::time::timeout(self.timeout, self.send_to(id, &Request::Status))
+                        .await
+                    {
+                        Err(_) => Err(Error::Timeout(self.timeout)),
+                        Ok(Err(e)) => Err(e),
+                        Ok(Ok(Response::Status(r))) => r.map_err(Error::from),
+                        Ok(Ok(other)) => {
+                            Err(Error::Unavailable(format!("unexpected response {other:?}")))
+                        }
+                    }
+                });
+                (id, answer)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,230 @@
+//! The files of a local cluster: `flotilla cluster init` writes them,
+//! `flotilla serve` and the client commands read them.
+//!
+//! ```text
+//! D/ca.der, D/ca.key.der        the cluster CA (certificate, key)
+//! D/node<N>.der, node<N>.key.der node N's certificate and key
+//! D/client.der, client.key.der  the client certificate (node id 0)
+//! D/node<N>.toml                node N's config (serve --config)
+//! D/cluster.toml                members' addresses, for clients
+//! D/node<N>/                    node N's data
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+
+use flotilla_net::ClusterCa;
+use serde::{Deserialize, Serialize};
+
+use crate::builder::{ClusterTls, DbBuilder};
+use crate::error::{Error, Result};
+use crate::Durability;
+
+/// One member's config file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id.
+    pub node_id: u64,
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Data directory (relative paths are relative to the config file).
+    pub data: PathBuf,
+    /// CA certificate (DER).
+    pub ca_cert: PathBuf,
+    /// This node's certificate (DER).
+    pub cert: PathBuf,
+    /// This node's key (PKCS#8 DER).
+    pub key: PathBuf,
+    /// `sync` (default), `buffered` or `none`.
+    #[serde(default = "default_durability")]
+    pub durability: String,
+    /// Snapshot and compact the log past this many entries (default 10,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_log_entries: Option<u64>,
+    /// Snapshot and compact the log past this many bytes (default 4 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_raft_state_bytes: Option<u64>,
+    /// The other members: node id → address.
+    pub peers: BTreeMap<String, SocketAddr>,
+}
+
+fn default_durability() -> String {
+    "sync".into()
+}
+
+/// What a client needs to reach the cluster.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Members: node id → address.
+    pub nodes: BTreeMap<String, SocketAddr>,
+    /// CA certificate (DER).
+    pub ca_cert: PathBuf,
+    /// Client certificate (DER, node id 0).
+    pub cert: PathBuf,
+    /// Client key.
+    pub key: PathBuf,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes)
+        .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))
+}
+
+fn free_port() -> Result<u16> {
+    let socket = UdpSocket::bind("127.0.0.1:0")
+        .map_err(|e| Error::Config(format!("cannot find a free UDP port: {e}")))?;
+    socket
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Error::Config(format!("cannot find a free UDP port: {e}")))
+}
+
+fn parse_ids(map: &BTreeMap<String, SocketAddr>, file: &Path) -> Result<BTreeMap<u64, SocketAddr>> {
+    map.iter()
+        .map(|(id, addr)| {
+            id.parse::<u64>().map(|id| (id, *addr)).map_err(|_| {
+                Error::Config(format!(
+                    "{}: node id {id:?} is not a number",
+                    file.display()
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Writes a CA, certificates and configs for `nodes` members on loopback.
+pub fn init_cluster(nodes: u64, dir: &Path) -> Result<()> {
+    if nodes == 0 {
+        return Err(Error::Config("a cluster needs at least one node".into()));
+    }
+    if dir.join("cluster.toml").exists() {
+        return Err(Error::Config(format!(
+            "{} already holds a cluster; choose an empty directory",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::Config(format!("cannot create {}: {e}", dir.display())))?;
+    let tls = |e: flotilla_net::NetError| Error::Config(e.to_string());
+    let ca = ClusterCa::generate("local").map_err(tls)?;
+    write(&dir.join("ca.der"), &ca.cert())?;
+    let addrs: BTreeMap<u64, SocketAddr> = (1..=nodes)
+        .map(|id| Ok((id, SocketAddr::from(([127, 0, 0, 1], free_port()?)))))
+        .collect::<Result<_>>()?;
+    for (&id, &listen) in &addrs {
+        let identity = ca.issue(id).map_err(tls)?;
+        let cert = identity
+            .certs
+            .first()
+            .map(|c| c.to_vec())
+            .unwrap_or_default();
+        write(&dir.join(format!("node{id}.der")), &cert)?;
+        write(&dir.join(format!("node{id}.key.der")), &identity.key)?;
+        let config = NodeConfig {
+            node_id: id,
+            listen,
+            data: PathBuf::from(format!("node{id}")),
+            ca_cert: "ca.der".into(),
+            cert: format!("node{id}.der").into(),
+            key: format!("node{id}.key.der").into(),
+            durability: default_durability(),
+            max_log_entries: None,
+            max_raft_state_bytes: None,
+            peers: addrs
+                .iter()
+                .filter(|(&peer, _)| peer != id)
+                .map(|(peer, addr)| (peer.to_string(), *addr))
+                .collect(),
+        };
+        let text = toml::to_string(&config).map_err(|e| Error::Config(e.to_string()))?;
+        write(&dir.join(format!("node{id}.toml")), text.as_bytes())?;
+    }
+    let client = ca.issue(0).map_err(tls)?;
+    let cert = client.certs.first().map(|c| c.to_vec()).unwrap_or_default();
+    write(&dir.join("client.der"), &cert)?;
+    write(&dir.join("client.key.der"), &client.key)?;
+    let config = ClientConfig {
+        nodes: addrs.iter().map(|(id, a)| (id.to_string(), *a)).collect(),
+        ca_cert: "ca.der".into(),
+        cert: "client.der".into(),
+        key: "client.key.der".into(),
+    };
+    let text = toml::to_string(&config).map_err(|e| Error::Config(e.to_string()))?;
+    write(&dir.join("cluster.toml"), text.as_bytes())
+}
+
+/// Reads a member's config file into a builder, checking everything it names.
+pub fn load_node(file: &Path) -> Result<DbBuilder> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Error::Config(format!("cannot read {}: {e}", file.display())))?;
+    let config: NodeConfig =
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
+    let base = file.parent().unwrap_or(Path::new("."));
+    let durability = match config.durability.as_str() {
+        "sync" => Durability::Sync,
+        "buffered" => Durability::Buffered {
+            max_delay: std::time::Duration::from_millis(10),
+        },
+        "none" => Durability::None,
+        other => {
+            return Err(Error::Config(format!(
+                "{}: durability {other:?} is not one of sync, buffered, none",
+                file.display()
+            )))
+        }
+    };
+    let tls = ClusterTls {
+        ca_cert: read(&base.join(&config.ca_cert))?,
+        cert: read(&base.join(&config.cert))?,
+        key: read(&base.join(&config.key))?,
+    };
+    let mut compaction = crate::CompactionPolicy::default();
+    if let Some(entries) = config.max_log_entries {
+        compaction.max_log_entries = entries;
+    }
+    if let Some(bytes) = config.max_raft_state_bytes {
+        compaction.max_raft_state_bytes = bytes;
+    }
+    let mut builder = DbBuilder::new(base.join(&config.data))
+        .compaction(compaction)
+        .node_id(config.node_id)
+        .listen(config.listen)
+        .durability(durability)
+        .tls(tls);
+    for (id, addr) in parse_ids(&config.peers, file)? {
+        builder = builder.peer(id, addr);
+    }
+    Ok(builder)
+}
+
+/// A client's view of a cluster directory.
+pub struct ClientFiles {
+    /// Members: id → address.
+    pub nodes: BTreeMap<u64, SocketAddr>,
+    /// Certificates.
+    pub tls: ClusterTls,
+}
+
+/// Reads `dir/cluster.toml` and the client certificate it names.
+pub fn load_client(dir: &Path) -> Result<ClientFiles> {
+    let file = dir.join("cluster.toml");
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| Error::Config(format!("cannot read {}: {e}", file.display())))?;
+    let config: ClientConfig =
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
+    Ok(ClientFiles {
+        nodes: parse_ids(&config.nodes, &file)?,
+        tls: ClusterTls {
+            ca_cert: read(&dir.join(&config.ca_cert))?,
+            cert: read(&dir.join(&config.cert))?,
+            key: read(&dir.join(&config.key))?,
+        },
+    })
+}

@@ -1,0 +1,255 @@
+//! A cluster member: the node's groups wired to the QUIC mesh, serving
+//! requests from clients and other members, forwarding what needs the
+//! leader to the leader.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use flotilla_engine::node::{GroupHandle, NodeError, ReadConsistency, Transport};
+use flotilla_engine::{decode_message, encode_message, Message, MessageBody};
+use flotilla_net::{FrameKind, Mesh, PeerConnection};
+use flotilla_wal::keys;
+use tracing::{debug, warn};
+
+use crate::cluster::proto::{self, RemoteStatus, Request, Response, WireError};
+use crate::error::{Error, Result};
+use crate::scan::{scan_group, ScanRange};
+
+/// Sends a group's Raft messages over the mesh: snapshot chunks on the
+/// snapshot stream, everything else on the Raft stream.
+pub(crate) struct MeshTransport {
+    pub(crate) mesh: Arc<OnceLock<Mesh>>,
+}
+
+impl Transport for MeshTransport {
+    fn send(&self, msg: Message) {
+        let Some(mesh) = self.mesh.get() else {
+            return; // not started yet: dropped, Raft retries
+        };
+        let kind = match msg.body {
+            MessageBody::InstallSnapshot { .. } => FrameKind::Snapshot,
+            _ => FrameKind::Raft,
+        };
+        mesh.send(msg.to, kind, encode_message(&msg));
+    }
+}
+
+/// Hands a frame from an authenticated peer to its group, after checking
+/// that the message claims to come from that peer.
+pub(crate) fn deliver(groups: &BTreeMap<u64, GroupHandle>, peer: u64, payload: &[u8]) {
+    let msg = match decode_message(payload) {
+        Ok(msg) => msg,
+        Err(e) => {
+            warn!(peer, "dropped an undecodable Raft message: {e}");
+            return;
+        }
+    };
+    if msg.from != peer || peer == 0 {
+        warn!(
+            peer,
+            claimed = msg.from,
+            "dropped a message whose sender is not the connected peer"
+        );
+        return;
+    }
+    match groups.get(&msg.group) {
+        Some(group) => group.deliver(msg),
+        None => debug!(
+            group = msg.group,
+            "message for a group this node does not host"
+        ),
+    }
+}
+
+/// The request-serving half of a member.
+pub(crate) struct Member {
+    pub(crate) id: u64,
+    pub(crate) group: GroupHandle,
+    pub(crate) mesh: Arc<OnceLock<Mesh>>,
+    pub(crate) peers: BTreeMap<u64, SocketAddr>,
+    pub(crate) request_timeout: Duration,
+    faults_allowed: bool,
+    conns: tokio::sync::Mutex<BTreeMap<u64, Arc<PeerConnection>>>,
+}
+
+impl Member {
+    pub(crate) fn new(
+        id: u64,
+        group: GroupHandle,
+        mesh: Arc<OnceLock<Mesh>>,
+        peers: BTreeMap<u64, SocketAddr>,
+        request_timeout: Duration,
+    ) -> Self {
+        Member {
+            id,
+            group,
+            mesh,
+            peers,
+            request_timeout,
+            faults_allowed: std::env::var("FLOTILLA_TEST_FAULTS").as_deref() == Ok("1"),
+            conns: tokio::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Serves a request; one from a client (`from_client`) that needs the
+    /// leader is forwarded to it, one from a member is not (no loops).
+    pub(crate) async fn execute(&self, request: Request, from_client: bool) -> Response {
+        let response = self.execute_local(request.clone()).await;
+        let leader = match &response {
+            Response::Write(Err(WireError::NotLeader(Some(l))))
+            | Response::Get(Err(WireError::NotLeader(Some(l))))
+            | Response::Scan(Err(WireError::NotLeader(Some(l)))) => *l,
+            _ => return response,
+        };
+        if !from_client || leader == self.id {
+            return response;
+        }
+        match self.forward(leader, &request).await {
+            Ok(forwarded) => forwarded,
+            Err(e) => {
+                debug!(leader, "forwarding failed: {e}");
+                response
+            }
+        }
+    }
+
+    async fn wait<T>(
+        &self,
+        pending: std::result::Result<flotilla_engine::node::Pending<T>, NodeError>,
+    ) -> std::result::Result<T, WireError> {
+        let timeout = self.request_timeout;
+        match tokio::time::timeout(timeout, pending.map_err(Error::from)?).await {
+            Err(_) => Err(WireError::Timeout(timeout.as_millis() as u64)),
+            Ok(Err(_)) => Err(WireError::Closed),
+            Ok(Ok(answer)) => answer.map_err(|e| Error::from(e).into()),
+        }
+    }
+
+    async fn execute_local(&self, request: Request) -> Response {
+        match request {
+            Request::Write { command } => {
+                Response::Write(self.wait(self.group.write(command)).await)
+            }
+            Request::Get { key, consistency } => {
+                let inner = keys::user_key(&key);
+                let consistency: ReadConsistency = consistency.into();
+                if consistency == ReadConsistency::Stale {
+                    return Response::Get(
+                        self.group
+                            .data()
+                            .get(&inner)
+                            .map_err(|e| WireError::Storage(e.to_string())),
+                    );
+                }
+                Response::Get(self.wait(self.group.read(consistency, Some(inner))).await)
+            }
+            Request::Scan {
+                start,
+                end,
+                limit,
+                consistency,
+            } => {
+                let consistency: ReadConsistency = consistency.into();
+                if consistency != ReadConsistency::Stale {
+                    if let Err(e) = self.wait(self.group.read(consistency, None)).await {
+                        return Response::Scan(Err(e));
+                    }
+                }
+                let group = self.group.clone();
+                let range = ScanRange::range(start, end);
+                let scanned =
+                    tokio::task::spawn_blocking(move || scan_group(&group, &range, limit as usize))
+                        .await;
+                Response::Scan(match scanned {
+                    Ok(result) => result.map_err(WireError::from),
+                    Err(e) => Err(WireError::Storage(format!("scan task failed: {e}"))),
+                })
+            }
+            Request::InjectFaults {
+                drop_ppm,
+                delay_ms,
+                partition,
+            } => Response::Faults(match (self.faults_allowed, self.mesh.get()) {
+                (true, Some(mesh)) => {
+                    let faults = mesh.faults();
+                    faults.heal();
+                    faults.partition(&partition);
+                    faults.set_drop(f64::from(drop_ppm) / 1e6);
+                    faults.set_delay(Duration::from_millis(delay_ms));
+                    Ok(())
+                }
+                _ => Err(WireError::InvalidArgument(
+                    "fault injection is off (start the member with FLOTILLA_TEST_FAULTS=1)".into(),
+                )),
+            }),
+            Request::Status => {
+                let status = match self.group.status() {
+                    Ok(rx) => rx.await.map_err(|_| WireError::Closed),
+                    Err(e) => Err(Error::from(e).into()),
+                };
+                Response::Status(status.map(|s| {
+                    vec![RemoteStatus {
+                        node: self.id,
+                        group: s.raft.group,
+                        role: format!("{:?}", s.raft.role),
+                        term: s.raft.term,
+                        leader: s.raft.leader,
+                        commit_index: s.raft.commit_index,
+                        applied_index: s.applied_index,
+                        log_bytes: s.log_bytes,
+                        snapshot_index: s.raft.snapshot_index,
+                        voters: s.raft.membership.voters.iter().copied().collect(),
+                    }]
+                }))
+            }
+        }
+    }
+
+    /// Sends `request` to member `to` over a cached connection.
+    async fn forward(&self, to: u64, request: &Request) -> Result<Response> {
+        if let Some(mesh) = self.mesh.get() {
+            if !mesh.faults().allows(self.id, to) {
+                return Err(Error::Unavailable(format!("the link to node {to} is cut")));
+            }
+        }
+        let conn = self.connection(to).await?;
+        let answer =
+            tokio::time::timeout(self.request_timeout, conn.request(proto::encode(request)))
+                .await
+                .map_err(|_| Error::Timeout(self.request_timeout))?;
+        match answer {
+            Ok(bytes) => proto::decode(&bytes),
+            Err(e) => {
+                self.conns.lock().await.remove(&to);
+                Err(Error::Unavailable(format!(
+                    "forwarding to node {to} failed: {e}"
+                )))
+            }
+        }
+    }
+
+    async fn connection(&self, to: u64) -> Result<Arc<PeerConnection>> {
+        let mut conns = self.conns.lock().await;
+        if let Some(conn) = conns.get(&to).filter(|c| !c.is_closed()) {
+            return Ok(conn.clone());
+        }
+        let addr = *self
+            .peers
+            .get(&to)
+            .ok_or_else(|| Error::Unavailable(format!("node {to} is not a known peer")))?;
+        let mesh = self
+            .mesh
+            .get()
+            .ok_or_else(|| Error::Unavailable("the network is not started".into()))?;
+        let conn = Arc::new(
+            mesh.node()
+                .connect(to, addr)
+                .await
+                .map_err(|e| Error::Unavailable(e.to_string()))?,
+        );
+        conns.insert(to, conn.clone());
+        Ok(conn)
+    }
+}

@@ -1,0 +1,162 @@
+//! Requests between clients and members (and from a member to the leader it
+//! forwards to): one version byte, then postcard. Encoded and decoded here only.
+
+use flotilla_engine::kv::WriteReply;
+use flotilla_engine::node::ReadConsistency;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+const PROTO_VERSION: u8 = 1;
+
+/// How fresh a remote read must be (the wire form of [`ReadConsistency`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Consistency {
+    Linearizable,
+    Lease,
+    Stale,
+}
+
+impl From<ReadConsistency> for Consistency {
+    fn from(c: ReadConsistency) -> Self {
+        match c {
+            ReadConsistency::Linearizable => Consistency::Linearizable,
+            ReadConsistency::Lease => Consistency::Lease,
+            ReadConsistency::Stale => Consistency::Stale,
+        }
+    }
+}
+
+impl From<Consistency> for ReadConsistency {
+    fn from(c: Consistency) -> Self {
+        match c {
+            Consistency::Linearizable => ReadConsistency::Linearizable,
+            Consistency::Lease => ReadConsistency::Lease,
+            Consistency::Stale => ReadConsistency::Stale,
+        }
+    }
+}
+
+/// What a client asks a member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Request {
+    /// An encoded `kv::Command`.
+    Write { command: Vec<u8> },
+    /// A user key's value.
+    Get {
+        key: Vec<u8>,
+        consistency: Consistency,
+    },
+    /// Pairs in `start..end` (empty end: unbounded), at most `limit`.
+    Scan {
+        start: Vec<u8>,
+        end: Vec<u8>,
+        limit: u64,
+        consistency: Consistency,
+    },
+    /// The member's view of its groups.
+    Status,
+    /// Test only (refused unless the member runs with
+    /// `FLOTILLA_TEST_FAULTS=1`): replace the fault rules of the member's links.
+    InjectFaults {
+        drop_ppm: u32,
+        delay_ms: u64,
+        partition: Vec<Vec<u64>>,
+    },
+}
+
+/// One group's state as a member reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteStatus {
+    /// The reporting node.
+    pub node: u64,
+    /// The group.
+    pub group: u64,
+    /// Follower, PreCandidate, Candidate or Leader.
+    pub role: String,
+    /// Current term.
+    pub term: u64,
+    /// Known leader (0: none).
+    pub leader: u64,
+    /// Commit index.
+    pub commit_index: u64,
+    /// Applied index.
+    pub applied_index: u64,
+    /// Log bytes in storage.
+    pub log_bytes: u64,
+    /// Latest snapshot index.
+    pub snapshot_index: u64,
+    /// Voters.
+    pub voters: Vec<u64>,
+}
+
+/// A member's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Response {
+    Write(Result<WriteReply, WireError>),
+    Get(Result<Option<Vec<u8>>, WireError>),
+    Scan(Result<Vec<(Vec<u8>, Vec<u8>)>, WireError>),
+    Status(Result<Vec<RemoteStatus>, WireError>),
+    Faults(Result<(), WireError>),
+}
+
+/// An [`Error`] on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum WireError {
+    NotLeader(Option<u64>),
+    Timeout(u64),
+    Overloaded(String),
+    Unavailable(String),
+    Storage(String),
+    InvalidArgument(String),
+    SessionExpired,
+    Closed,
+    Other(String),
+}
+
+impl From<Error> for WireError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::NotLeader { leader } => WireError::NotLeader(leader),
+            Error::Timeout(d) => WireError::Timeout(d.as_millis() as u64),
+            Error::Overloaded(s) => WireError::Overloaded(s),
+            Error::Unavailable(s) => WireError::Unavailable(s),
+            Error::Storage(s) => WireError::Storage(s),
+            Error::InvalidArgument(s) => WireError::InvalidArgument(s),
+            Error::SessionExpired => WireError::SessionExpired,
+            Error::Closed => WireError::Closed,
+            other => WireError::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<WireError> for Error {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::NotLeader(leader) => Error::NotLeader { leader },
+            WireError::Timeout(ms) => Error::Timeout(std::time::Duration::from_millis(ms)),
+            WireError::Overloaded(s) => Error::Overloaded(s),
+            WireError::Unavailable(s) => Error::Unavailable(s),
+            WireError::Storage(s) => Error::Storage(s),
+            WireError::InvalidArgument(s) => Error::InvalidArgument(s),
+            WireError::SessionExpired => Error::SessionExpired,
+            WireError::Closed => Error::Closed,
+            WireError::Other(s) => Error::Unavailable(s),
+        }
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_extend(value, vec![PROTO_VERSION]).unwrap_or_else(|_| vec![PROTO_VERSION])
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Error> {
+    match bytes.split_first() {
+        Some((&PROTO_VERSION, body)) => postcard::from_bytes(body)
+            .map_err(|e| Error::Unavailable(format!("malformed message from a peer: {e}"))),
+        Some((v, _)) => Err(Error::Unavailable(format!(
+            "a peer speaks request protocol {v}, this node {PROTO_VERSION}; upgrade the older one"
+        ))),
+        None => Err(Error::Unavailable("an empty message from a peer".into())),
+    }
+}

@@ -1,0 +1,693 @@
+//! Multi-process clusters over real QUIC and RocksDB on loopback: each
+//! member is a `flotilla serve` process, killed with SIGKILL where the test
+//! says so.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flotilla::{Error, ReadConsistency, RemoteClient};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    nodes: u64,
+    procs: BTreeMap<u64, Child>,
+}
+
+impl Cluster {
+    fn start(nodes: u64) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let init = Command::new(BIN)
+            .args(["cluster", "init", "--nodes", &nodes.to_string(), "--dir"])
+            .arg(dir.path())
+            .output()
+            .expect("cluster init");
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let mut cluster = Cluster {
+            dir,
+            nodes,
+            procs: BTreeMap::new(),
+        };
+        for id in 1..=nodes {
+            cluster.restart(id);
+        }
+        cluster
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn restart(&mut self, id: u64) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path().join(format!("node{id}.log")))
+            .expect("log file");
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(self.path().join(format!("node{id}.toml")))
+            // Lets tests change the member's link faults over the wire.
+            .env("FLOTILLA_TEST_FAULTS", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn serve");
+        self.procs.insert(id, child);
+    }
+
+    fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.procs.remove(&id) {
+            child.kill().expect("SIGKILL");
+            let _ = child.wait();
+        }
+    }
+
+    fn terminate(&mut self, id: u64) -> bool {
+        let Some(mut child) = self.procs.remove(&id) else {
+            return false;
+        };
+        // SAFETY: plain kill(2) on a child we spawned.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    fn client(&self) -> RemoteClient {
+        RemoteClient::open(self.path(), Duration::from_secs(20)).expect("client")
+    }
+
+    /// The leader all answering members agree on, waiting for one.
+    fn leader(&self, client: &RemoteClient) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let leaders: Vec<u64> = client
+                .status()
+                .into_iter()
+                .filter_map(|(_, s)| s.ok())
+                .flatten()
+                .filter(|g| g.role == "Leader")
+                .map(|g| g.node)
+                .collect();
+            if leaders.len() == 1 {
+                return leaders[0];
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no single leader within 20 s");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for id in 1..=self.nodes {
+            self.kill(id);
+        }
+    }
+}
+
+#[test]
+fn basic_writes_and_reads_through_any_member() {
+    let cluster = Cluster::start(3);
+    let client = cluster.client();
+    for i in 0..50 {
+        client
+            .put(format!("k{i:02}").as_bytes(), format!("v{i}").as_bytes())
+            .expect("put");
+    }
+    client.append(b"k00", b"+").expect("append");
+    assert_eq!(
+        client
+            .get(b"k00", ReadConsistency::Linearizable)
+            .expect("get"),
+        Some(b"v0+".to_vec())
+    );
+    assert_eq!(
+        client.get(b"nope", ReadConsistency::Lease).expect("get"),
+        None
+    );
+    let pairs = client
+        .scan(
+            b"k".to_vec(),
+            b"l".to_vec(),
+            100,
+            ReadConsistency::Linearizable,
+        )
+        .expect("scan");
+    assert_eq!(pairs.len(), 50);
+    let outcome = client
+        .compare_and_swap(b"k01", Some(b"v1"), Some(b"swapped"))
+        .expect("cas");
+    assert!(outcome.swapped);
+    assert!(client.delete(b"k02").expect("delete"));
+    let leader = cluster.leader(&client);
+    let statuses = client.status();
+    assert_eq!(statuses.len(), 3);
+    for (node, status) in statuses {
+        let groups = status.unwrap_or_else(|e| panic!("node {node}: {e}"));
+        assert_eq!(groups[0].voters, vec![1, 2, 3]);
+        assert_eq!(groups[0].leader, leader, "node {node} knows the leader");
+    }
+    // A follower's data catches up: every member applied the writes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let applied: Vec<u64> = client
+            .status()
+            .into_iter()
+            .filter_map(|(_, s)| s.ok())
+            .flatten()
+            .map(|g| g.applied_index)
+            .collect();
+        if applied.len() == 3 && applied.iter().all(|&a| a >= 53) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "followers did not apply: {applied:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Appends unique tokens to one key per client and records which were
+/// acknowledged; returns (key, acknowledged tokens in order) per client.
+fn append_load(
+    dir: &Path,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<(String, Vec<String>)>> {
+    (0..clients)
+        .map(|c| {
+            let dir: PathBuf = dir.to_path_buf();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let client = RemoteClient::open(&dir, Duration::from_secs(30)).expect("client");
+                let key = format!("client{c}");
+                let mut acked = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let token = format!("[{c}.{i}]");
+                    match client.append(key.as_bytes(), token.as_bytes()) {
+                        Ok(()) => acked.push(token),
+                        Err(e) if e.is_retryable() => {}
+                        Err(e) => panic!("client {c}: fatal error {e}"),
+                    }
+                    i += 1;
+                }
+                (key, acked)
+            })
+        })
+        .collect()
+}
+
+/// Every acknowledged token is present exactly once, in order; nothing
+/// appears twice.
+fn check_appends(value: &[u8], acked: &[String], key: &str) {
+    let text = String::from_utf8_lossy(value);
+    let tokens: Vec<&str> = text
+        .split_inclusive(']')
+        .filter(|t| !t.is_empty())
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for token in &tokens {
+        assert!(seen.insert(*token), "{key}: {token} applied twice");
+    }
+    let mut at = 0;
+    for token in acked {
+        let found = tokens[at..].iter().position(|t| t == token);
+        let Some(offset) = found else {
+            panic!("{key}: acknowledged {token} is missing or out of order");
+        };
+        at += offset + 1;
+    }
+}
+
+#[test]
+fn kill_9_of_the_leader_under_load_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3);
+    let client = cluster.client();
+    client.put(b"warmup", b"1").expect("warm-up write");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = append_load(cluster.path(), 4, stop.clone());
+    for _round in 0..2 {
+        std::thread::sleep(Duration::from_millis(700));
+        let leader = cluster.leader(&client);
+        cluster.kill(leader);
+        std::thread::sleep(Duration::from_millis(1200));
+        cluster.restart(leader);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<_> = load
+        .into_iter()
+        .map(|t| t.join().expect("client"))
+        .collect();
+    for (key, acked) in &results {
+        assert!(!acked.is_empty(), "{key}: nothing acknowledged");
+        let value = client
+            .get(key.as_bytes(), ReadConsistency::Linearizable)
+            .expect("get")
+            .unwrap_or_default();
+        check_appends(&value, acked, key);
+    }
+}
+
+#[test]
+fn kill_9_of_all_nodes_repeatedly_loses_nothing() {
+    let mut cluster = Cluster::start(3);
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    for round in 0..3 {
+        let client = cluster.client();
+        for i in 0..30 {
+            let key = format!("r{round}-{i}");
+            client.put(key.as_bytes(), key.as_bytes()).expect("put");
+            acked.lock().expect("lock").push(key);
+        }
+        for id in 1..=3 {
+            cluster.kill(id);
+        }
+        for id in 1..=3 {
+            cluster.restart(id);
+        }
+        let client = cluster.client();
+        for key in acked.lock().expect("lock").iter() {
+            assert_eq!(
+                client
+                    .get(key.as_bytes(), ReadConsistency::Linearizable)
+                    .expect("get"),
+                Some(key.as_bytes().to_vec()),
+                "round {round}: {key} lost"
+            );
+        }
+    }
+    // And a graceful stop exits cleanly.
+    for id in 1..=3 {
+        assert!(
+            cluster.terminate(id),
+            "node {id} did not exit cleanly on SIGTERM"
+        );
+    }
+}
+
+#[test]
+fn strangers_and_impostors_are_refused_and_the_cluster_keeps_serving() {
+    let cluster = Cluster::start(3);
+    let good = cluster.client();
+    good.put(b"before", b"1").expect("put");
+
+    // A stranger: its own CA and certificate, the cluster's addresses.
+    let stranger = tempfile::tempdir().expect("temp dir");
+    let init = Command::new(BIN)
+        .args(["cluster", "init", "--nodes", "1", "--dir"])
+        .arg(stranger.path())
+        .output()
+        .expect("init");
+    assert!(init.status.success());
+    std::fs::copy(
+        cluster.path().join("cluster.toml"),
+        stranger.path().join("cluster.toml"),
+    )
+    .expect("copy");
+    let refused = RemoteClient::open(stranger.path(), Duration::from_secs(2))
+        .expect("client")
+        .put(b"stranger", b"x");
+    assert!(refused.is_err(), "a stranger's write went through");
+
+    // An impostor: a real member certificate used to claim the client id 0.
+    let impostor = tempfile::tempdir().expect("temp dir");
+    for file in ["cluster.toml", "ca.der"] {
+        std::fs::copy(cluster.path().join(file), impostor.path().join(file)).expect("copy");
+    }
+    std::fs::copy(
+        cluster.path().join("node2.der"),
+        impostor.path().join("client.der"),
+    )
+    .expect("copy");
+    std::fs::copy(
+        cluster.path().join("node2.key.der"),
+        impostor.path().join("client.key.der"),
+    )
+    .expect("copy");
+    let refused = RemoteClient::open(impostor.path(), Duration::from_secs(2))
+        .expect("client")
+        .put(b"impostor", b"x");
+    assert!(
+        matches!(refused, Err(Error::Unavailable(_)) | Err(Error::Timeout(_))),
+        "{refused:?}"
+    );
+
+    good.put(b"after", b"2").expect("the cluster keeps serving");
+    assert_eq!(
+        good.get(b"stranger", ReadConsistency::Linearizable)
+            .expect("get"),
+        None
+    );
+    assert_eq!(
+        good.get(b"impostor", ReadConsistency::Linearizable)
+            .expect("get"),
+        None
+    );
+    let logs: String = (1..=3)
+        .map(|id| {
+            std::fs::read_to_string(cluster.path().join(format!("node{id}.log")))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        logs.contains("refused a connection"),
+        "refusals are logged: {logs}"
+    );
+}
+
+mod support;
+
+use support::linearizability::{self, Event, Op};
+
+/// Runs `clients` clients for `duration`, each appending unique tokens to
+/// and reading `keys` keys, and returns the recorded history.
+fn run_history(dir: &Path, clients: usize, keys: usize, duration: Duration) -> Vec<Event> {
+    run_history_tagged(dir, clients, keys, duration, "")
+}
+
+/// As [`run_history`], with `tag` in every appended token (unique per round).
+fn run_history_tagged(
+    dir: &Path,
+    clients: usize,
+    keys: usize,
+    duration: Duration,
+    tag: &str,
+) -> Vec<Event> {
+    let history: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let start = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let dir = dir.to_path_buf();
+            let history = history.clone();
+            let tag = tag.to_string();
+            std::thread::spawn(move || {
+                let client = RemoteClient::open(&dir, Duration::from_secs(5)).expect("client");
+                let mut i = 0u64;
+                while start.elapsed() < duration {
+                    let key = format!("key{}", (c as u64 + i) % keys as u64);
+                    let call = start.elapsed().as_nanos() as u64;
+                    let event = if i % 3 == 2 {
+                        match client.get(key.as_bytes(), ReadConsistency::Linearizable) {
+                            Ok(value) => Some(Event {
+                                key,
+                                op: Op::Get(Some(
+                                    String::from_utf8_lossy(&value.unwrap_or_default())
+                                        .into_owned(),
+                                )),
+                                call,
+                                ret: Some(start.elapsed().as_nanos() as u64),
+                            }),
+                            Err(e) if e.is_retryable() => None,
+                            Err(e) => panic!("client {c}: {e}"),
+                        }
+                    } else {
+                        let token = format!("[{tag}{c}.{i}]");
+                        let result = client.append(key.as_bytes(), token.as_bytes());
+                        let ret = match result {
+                            Ok(()) => Some(start.elapsed().as_nanos() as u64),
+                            Err(e) if e.is_retryable() => None,
+                            Err(e) => panic!("client {c}: {e}"),
+                        };
+                        Some(Event {
+                            key,
+                            op: Op::Append(token),
+                            call,
+                            ret,
+                        })
+                    };
+                    if let Some(event) = event {
+                        history.lock().expect("history").push(event);
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("client thread");
+    }
+    let history = history.lock().expect("history").clone();
+    history
+}
+
+/// Checks the history is linearizable and that each key's final value holds
+/// every acknowledged append exactly once.
+fn check_history(client: &RemoteClient, history: &[Event], keys: usize) {
+    assert!(
+        history.iter().filter(|e| e.ret.is_some()).count() > 20,
+        "too few operations completed to check anything"
+    );
+    let mut with_final = history.to_vec();
+    let end = u64::MAX / 2;
+    for k in 0..keys {
+        let key = format!("key{k}");
+        let value = client
+            .get(key.as_bytes(), ReadConsistency::Linearizable)
+            .expect("final read")
+            .unwrap_or_default();
+        let acked: Vec<String> = history
+            .iter()
+            .filter(|e| e.key == key && e.ret.is_some())
+            .filter_map(|e| match &e.op {
+                Op::Append(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        let text = String::from_utf8_lossy(&value).into_owned();
+        for token in &acked {
+            assert_eq!(
+                text.matches(token.as_str()).count(),
+                1,
+                "{key}: {token} in {text}"
+            );
+        }
+        with_final.push(Event {
+            key,
+            op: Op::Get(Some(text)),
+            call: end,
+            ret: Some(end + 1),
+        });
+    }
+    linearizability::check(&with_final).unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn start_with_faults(nodes: u64) -> Cluster {
+    Cluster::start(nodes)
+}
+
+fn faults(
+    cluster: &Cluster,
+    client: &RemoteClient,
+    drop_ppm: u32,
+    delay_ms: u64,
+    partition: &[Vec<u64>],
+) {
+    for id in 1..=cluster.nodes {
+        client
+            .inject_faults(
+                id,
+                drop_ppm,
+                Duration::from_millis(delay_ms),
+                partition.to_vec(),
+            )
+            .unwrap_or_else(|e| panic!("node {id}: {e}"));
+    }
+}
+
+#[test]
+fn concurrent_clients_see_a_linearizable_history() {
+    let cluster = Cluster::start(3);
+    let client = cluster.client();
+    let history = run_history(cluster.path(), 5, 3, Duration::from_secs(3));
+    check_history(&client, &history, 3);
+}
+
+#[test]
+fn unreliable_network_keeps_the_history_linearizable() {
+    let cluster = start_with_faults(3);
+    let client = cluster.client();
+    client.put(b"warmup", b"1").expect("warm-up");
+    faults(&cluster, &client, 100_000, 2, &[]);
+    let history = run_history(cluster.path(), 5, 3, Duration::from_secs(4));
+    faults(&cluster, &client, 0, 0, &[]);
+    check_history(&client, &history, 3);
+}
+
+#[test]
+fn one_partition_minority_waits_majority_continues() {
+    let cluster = start_with_faults(3);
+    let client = cluster.client();
+    client.put(b"k", b"before").expect("put");
+    let leader = cluster.leader(&client);
+    let minority = (1..=3).find(|&id| id != leader).expect("a follower");
+    let majority: Vec<u64> = (1..=3).filter(|&id| id != minority).collect();
+    faults(&cluster, &client, 0, 0, &[majority.clone(), vec![minority]]);
+    // The majority keeps going.
+    client.put(b"k", b"during").expect("majority put");
+    // The minority cannot serve a linearizable read (it cannot reach the leader).
+    let isolated = RemoteClient::open(cluster.path(), Duration::from_secs(2)).expect("client");
+    assert!(
+        isolated.get_from(minority, b"k").is_err(),
+        "the minority served a read during the partition"
+    );
+    faults(&cluster, &client, 0, 0, &[]);
+    // After healing, the minority's requests complete and see the majority's write.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match isolated.get_from(minority, b"k") {
+            Ok(value) => {
+                assert_eq!(value, Some(b"during".to_vec()));
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "minority still refuses: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn many_partitions_with_many_clients_stay_linearizable() {
+    let cluster = start_with_faults(5);
+    let client = cluster.client();
+    client.put(b"warmup", b"1").expect("warm-up");
+    let dir = cluster.path().to_path_buf();
+    let stop = Arc::new(AtomicBool::new(false));
+    let partitioner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let client = RemoteClient::open(&dir, Duration::from_secs(2)).expect("client");
+            let mut round = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut nodes: Vec<u64> = (1..=5).collect();
+                nodes.rotate_left((round % 5) as usize);
+                let sides = vec![nodes[..2].to_vec(), nodes[2..].to_vec()];
+                for id in 1..=5 {
+                    let _ = client.inject_faults(id, 0, Duration::ZERO, sides.clone());
+                }
+                std::thread::sleep(Duration::from_millis(400));
+                round += 1;
+            }
+        })
+    };
+    let history = run_history(cluster.path(), 5, 3, Duration::from_secs(4));
+    stop.store(true, Ordering::Relaxed);
+    partitioner.join().expect("partitioner");
+    faults(&cluster, &client, 0, 0, &[]);
+    check_history(&client, &history, 3);
+}
+
+#[test]
+fn persist_with_partitions_and_an_unreliable_network() {
+    let mut cluster = start_with_faults(3);
+    let mut all = Vec::new();
+    for round in 0..3 {
+        let client = cluster.client();
+        faults(&cluster, &client, 50_000, 1, &[]);
+        let mut history = run_history_tagged(
+            cluster.path(),
+            3,
+            2,
+            Duration::from_secs(2),
+            &format!("r{round}."),
+        );
+        // Shift this round's times after the previous rounds'.
+        let offset = round as u64 * 1_000_000_000_000;
+        for e in &mut history {
+            e.call += offset;
+            e.ret = e.ret.map(|r| r + offset);
+        }
+        all.extend(history);
+        for id in 1..=3 {
+            cluster.kill(id);
+        }
+        for id in 1..=3 {
+            cluster.restart(id);
+        }
+    }
+    let client = cluster.client();
+    check_history(&client, &all, 2);
+}
+
+#[test]
+fn a_node_left_behind_catches_up_by_snapshot_and_logs_stay_bounded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let init = Command::new(BIN)
+        .args(["cluster", "init", "--nodes", "3", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("init");
+    assert!(init.status.success());
+    for id in 1..=3 {
+        let file = dir.path().join(format!("node{id}.toml"));
+        let text = std::fs::read_to_string(&file).expect("config");
+        let text = text.replacen(
+            "durability = \"sync\"\n",
+            "durability = \"sync\"\nmax_log_entries = 100\nmax_raft_state_bytes = 65536\n",
+            1,
+        );
+        std::fs::write(&file, text).expect("config");
+    }
+    let mut cluster = Cluster {
+        dir,
+        nodes: 3,
+        procs: BTreeMap::new(),
+    };
+    for id in 1..=3 {
+        cluster.restart(id);
+    }
+    let client = cluster.client();
+    client.put(b"first", b"1").expect("put");
+    let leader = cluster.leader(&client);
+    let behind = (1..=3).find(|&id| id != leader).expect("a follower");
+    cluster.kill(behind);
+    for i in 0..600 {
+        client
+            .put(format!("k{i}").as_bytes(), &[b'x'; 200])
+            .expect("put");
+    }
+    cluster.restart(behind);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = client.status();
+        let node = status
+            .iter()
+            .find(|(id, _)| *id == behind)
+            .and_then(|(_, s)| s.as_ref().ok())
+            .and_then(|g| g.first().cloned());
+        if let Some(g) = node {
+            if g.applied_index >= 600 && g.snapshot_index > 0 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {behind} did not catch up: {status:?}\nits log:\n{}",
+            std::fs::read_to_string(cluster.path().join(format!("node{behind}.log")))
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (id, status) in client.status() {
+        let g = &status.expect("status")[0];
+        assert!(
+            g.log_bytes <= 8 * 65536,
+            "node {id} holds {} log bytes, over 8× the 64 KiB bound",
+            g.log_bytes
+        );
+    }
+}

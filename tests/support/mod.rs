@@ -1,0 +1,5 @@
+//! Helpers shared by the cluster tests.
+
+#![allow(dead_code)]
+
+pub(crate) mod linearizability;
