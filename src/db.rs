@@ -21,8 +21,9 @@ use tracing::{debug_span, Instrument};
 use crate::builder::DbBuilder;
 use crate::cluster::member::{deliver as member_deliver, Member, MeshTransport};
 use crate::cluster::proto::{self, Request, Response, WireError};
+use crate::cluster::sessions::SessionPool;
 use crate::error::{Error, Result};
-use crate::scan::{scan_group, ScanRange};
+use crate::scan::{scan_group, Pair, ScanRange};
 
 /// The outcome of a compare-and-swap.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,9 +50,8 @@ struct Inner {
     /// Set for a cluster member: requests go through it (and the leader).
     member: Option<Arc<Member>>,
     mesh: Arc<OnceLock<Mesh>>,
-    /// Idle client sessions (id, next sequence number) for exactly-once
-    /// retries; one per concurrent write, so sequence numbers stay ordered.
-    sessions: Mutex<Vec<(u64, u64)>>,
+    /// Client sessions for exactly-once retries.
+    sessions: SessionPool,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -155,7 +155,7 @@ impl Db {
                 settings,
                 member,
                 mesh,
-                sessions: Mutex::new(Vec::new()),
+                sessions: SessionPool::default(),
                 runtime: Some(runtime),
             }),
         };
@@ -220,7 +220,7 @@ impl Db {
     }
 
     /// Up to `limit` pairs of `range` in key order, at the configured consistency.
-    pub fn scan(&self, range: &ScanRange, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub fn scan(&self, range: &ScanRange, limit: usize) -> Result<Vec<Pair>> {
         self.block(self.asynchronous().scan(range, limit))
     }
 
@@ -299,25 +299,6 @@ fn unexpected(response: Response) -> WireError {
     WireError::Other(format!("unexpected response: {response:?}"))
 }
 
-impl Inner {
-    fn take_session(&self) -> (u64, u64) {
-        if let Some(session) = self.sessions.lock().ok().and_then(|mut s| s.pop()) {
-            return session;
-        }
-        // A fresh random client id (never 0, which means "no session").
-        use std::hash::{BuildHasher, Hasher};
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(now_ms());
-        (hasher.finish().max(1), 1)
-    }
-
-    fn give_back_session(&self, client: u64, next_seq: u64) {
-        if let Ok(mut sessions) = self.sessions.lock() {
-            sessions.push((client, next_seq));
-        }
-    }
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -391,7 +372,7 @@ impl AsyncDb {
                     .await?
             }
             Some(member) => {
-                let (client, seq) = self.inner.take_session();
+                let (client, seq) = self.inner.sessions.take();
                 let command = kv::command::encode(&Command {
                     client,
                     seq,
@@ -408,7 +389,7 @@ impl AsyncDb {
                     .await;
                 // The next write of this session gets the next number whatever
                 // happened: a retry of this one is never sent again.
-                self.inner.give_back_session(client, seq + 1);
+                self.inner.sessions.give_back(client, seq + 1);
                 reply?
             }
         };
@@ -553,7 +534,7 @@ impl AsyncDb {
     }
 
     /// Up to `limit` pairs of `range` in key order, at the configured consistency.
-    pub async fn scan(&self, range: &ScanRange, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub async fn scan(&self, range: &ScanRange, limit: usize) -> Result<Vec<Pair>> {
         self.scan_with(range, limit, self.inner.settings.read_consistency)
             .await
     }
@@ -564,7 +545,7 @@ impl AsyncDb {
         range: &ScanRange,
         limit: usize,
         consistency: ReadConsistency,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    ) -> Result<Vec<Pair>> {
         if let Some(member) = &self.inner.member {
             let (start, end) = range.bounds()?;
             let request = Request::Scan {

@@ -35,7 +35,7 @@ pub use db::{AsyncDb, CasOutcome, Db, Status};
 pub use error::{Error, Result};
 pub use flotilla_engine::node::{GroupStatus, ReadConsistency};
 pub use flotilla_wal::{CompactionPolicy, Durability};
-pub use scan::ScanRange;
+pub use scan::{Pair, ScanRange};
 
 pub use flotilla_engine as engine;
 pub use flotilla_snapshot as snapshot;

@@ -6,6 +6,9 @@ use flotilla_wal::keys;
 
 use crate::error::{Error, Result};
 
+/// A key and its value.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
 /// Which keys a scan visits, in key order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ScanRange {
@@ -68,7 +71,7 @@ pub(crate) fn scan_group(
     group: &GroupHandle,
     range: &ScanRange,
     limit: usize,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+) -> Result<Vec<Pair>> {
     let (start, end) = range.bounds()?;
     let mut merged = Vec::new();
     for shard in 0..keys::SHARDS {

@@ -131,3 +131,61 @@ fn bench_reports_throughput_and_latency_for_both_engines() {
         String::from_utf8_lossy(&get.stderr)
     );
 }
+
+#[test]
+fn bad_cluster_files_and_unreachable_members_get_messages_naming_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = dir.path().join("cl");
+    let init = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["cluster", "init", "--nodes", "3", "--dir"])
+        .arg(&cluster)
+        .output()
+        .expect("init");
+    assert!(init.status.success());
+    // Initialising over an existing cluster is refused.
+    let again = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["cluster", "init", "--nodes", "3", "--dir"])
+        .arg(&cluster)
+        .output()
+        .expect("init again");
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a cluster"));
+
+    let serve = |config: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .output()
+            .expect("serve")
+    };
+    // A malformed config names the file.
+    let broken = cluster.join("broken.toml");
+    std::fs::write(&broken, "node_id = \"one\"\n").expect("write");
+    let out = serve(&broken);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.toml"));
+    // A missing certificate names the certificate file.
+    std::fs::remove_file(cluster.join("node1.der")).expect("remove");
+    let out = serve(&cluster.join("node1.toml"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node1.der"));
+    // A client of a cluster directory that does not exist.
+    let out = flotilla_cluster(&["get", "k"], &dir.path().join("nowhere"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
+    // Members that are not running: a clear error, not a hang.
+    let out = flotilla_cluster(&["put", "k", "v", "--timeout-secs", "1"], &cluster);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("node"), "{stderr}");
+}
+
+fn flotilla_cluster(args: &[&str], cluster: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(args)
+        .arg("--cluster")
+        .arg(cluster)
+        .output()
+        .expect("run flotilla")
+}

@@ -13,14 +13,26 @@ use flotilla::{Error, ReadConsistency, RemoteClient};
 
 const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
 
+/// Clusters run one at a time: several 3- and 5-process clusters at once
+/// on a 2-core machine would turn into a test of the scheduler.
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 struct Cluster {
     dir: tempfile::TempDir,
     nodes: u64,
     procs: BTreeMap<u64, Child>,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+fn take_turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Cluster {
     fn start(nodes: u64) -> Cluster {
+        let turn = take_turn();
         let dir = tempfile::tempdir().expect("temp dir");
         let init = Command::new(BIN)
             .args(["cluster", "init", "--nodes", &nodes.to_string(), "--dir"])
@@ -36,6 +48,7 @@ impl Cluster {
             dir,
             nodes,
             procs: BTreeMap::new(),
+            _turn: turn,
         };
         for id in 1..=nodes {
             cluster.restart(id);
@@ -625,6 +638,7 @@ fn persist_with_partitions_and_an_unreliable_network() {
 
 #[test]
 fn a_node_left_behind_catches_up_by_snapshot_and_logs_stay_bounded() {
+    let turn = take_turn();
     let dir = tempfile::tempdir().expect("temp dir");
     let init = Command::new(BIN)
         .args(["cluster", "init", "--nodes", "3", "--dir"])
@@ -646,6 +660,7 @@ fn a_node_left_behind_catches_up_by_snapshot_and_logs_stay_bounded() {
         dir,
         nodes: 3,
         procs: BTreeMap::new(),
+        _turn: turn,
     };
     for id in 1..=3 {
         cluster.restart(id);

@@ -146,8 +146,25 @@ impl Node {
 
     /// Waits for the next peer. `None` once the endpoint is closed; an
     /// `Err` for a peer that was refused (already logged and closed).
+    /// Admits one peer at a time; a server that must not let a stalled
+    /// peer hold up others uses [`next_incoming`](Self::next_incoming) and
+    /// [`admit_in_time`](Self::admit_in_time) in tasks of their own.
     pub async fn accept(&self) -> Option<Result<PeerConnection, NetError>> {
-        let incoming = self.endpoint.accept().await?;
+        let incoming = self.next_incoming().await?;
+        Some(self.admit_in_time(incoming).await)
+    }
+
+    /// The next connection attempt, not yet admitted.
+    pub async fn next_incoming(&self) -> Option<quinn::Incoming> {
+        self.endpoint.accept().await
+    }
+
+    /// Admits a connection attempt: TLS handshake, client certificate and
+    /// hello checks, within [`HELLO_TIMEOUT`]; a refusal is logged.
+    pub async fn admit_in_time(
+        &self,
+        incoming: quinn::Incoming,
+    ) -> Result<PeerConnection, NetError> {
         let peer_addr = incoming.remote_address();
         let result = tokio::time::timeout(HELLO_TIMEOUT, self.admit(incoming))
             .await
@@ -160,7 +177,7 @@ impl Node {
         if let Err(e) = &result {
             tracing::warn!(%peer_addr, error = %e, "refused a connection");
         }
-        Some(result)
+        result
     }
 
     async fn admit(&self, incoming: quinn::Incoming) -> Result<PeerConnection, NetError> {

@@ -220,11 +220,26 @@ async fn accept_loop(
     faults: Faults,
     reconnects: Reconnects,
 ) {
+    // Admissions run in tasks of their own, so a peer that stalls its
+    // handshake or hello holds up nobody else; admitted connections come
+    // back here to be registered in order.
+    let (admitted_tx, mut admitted) = mpsc::channel::<PeerConnection>(64);
+    let admitter = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = node.next_incoming().await {
+                let node = node.clone();
+                let admitted_tx = admitted_tx.clone();
+                tokio::spawn(async move {
+                    if let Ok(conn) = node.admit_in_time(incoming).await {
+                        let _ = admitted_tx.send(conn).await;
+                    }
+                });
+            }
+        })
+    };
     let mut incarnations: BTreeMap<u64, u64> = BTreeMap::new();
-    while let Some(result) = node.accept().await {
-        let Ok(conn) = result else {
-            continue; // refused and logged by accept
-        };
+    while let Some(conn) = admitted.recv().await {
         let previous = incarnations.insert(conn.peer, conn.incarnation);
         if previous.is_some_and(|p| p != conn.incarnation) {
             if let Some(reconnect) = reconnects.get(&conn.peer) {
@@ -241,6 +256,7 @@ async fn accept_loop(
         ));
         tokio::spawn(serve_requests(conn, serve.clone()));
     }
+    admitter.abort();
 }
 
 /// Reads every one-way stream the peer opens.

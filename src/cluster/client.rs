@@ -14,8 +14,10 @@ use rustls_pki_types::CertificateDer;
 
 use crate::cluster::files::load_client;
 use crate::cluster::proto::{self, Consistency, RemoteStatus, Request, Response, WireError};
+use crate::cluster::sessions::SessionPool;
 use crate::db::CasOutcome;
 use crate::error::{Error, Result};
+use crate::scan::Pair;
 use crate::ReadConsistency;
 
 /// A connection to a cluster.
@@ -25,7 +27,7 @@ pub struct RemoteClient {
     nodes: BTreeMap<u64, SocketAddr>,
     conns: tokio::sync::Mutex<BTreeMap<u64, Arc<PeerConnection>>>,
     leader: Mutex<Option<u64>>,
-    session: Mutex<(u64, u64)>,
+    sessions: SessionPool,
     timeout: Duration,
 }
 
@@ -48,17 +50,13 @@ impl RemoteClient {
             NetNode::bind(0, SocketAddr::from(([127, 0, 0, 1], 0)), &identity, &ca)
                 .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?
         };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
-        let client_id = (now ^ (u64::from(std::process::id()) << 32)).max(1);
         Ok(RemoteClient {
             runtime,
             endpoint,
             nodes: files.nodes,
             conns: tokio::sync::Mutex::new(BTreeMap::new()),
             leader: Mutex::new(None),
-            session: Mutex::new((client_id, 1)),
+            sessions: SessionPool::default(),
             timeout,
         })
     }
@@ -152,14 +150,7 @@ impl RemoteClient {
     }
 
     fn write(&self, op: WriteOp) -> Result<WriteReply> {
-        let (client, seq) = match self.session.lock() {
-            Ok(mut session) => {
-                let current = *session;
-                session.1 += 1;
-                current
-            }
-            Err(_) => return Err(Error::Unavailable("session lock poisoned".into())),
-        };
+        let (client, seq) = self.sessions.take();
         let command = kv::command::encode(&Command {
             client,
             seq,
@@ -245,7 +236,7 @@ impl RemoteClient {
         end: Vec<u8>,
         limit: usize,
         consistency: ReadConsistency,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    ) -> Result<Vec<Pair>> {
         let request = Request::Scan {
             start,
             end,

@@ -5,3 +5,4 @@ pub(crate) mod client;
 pub(crate) mod files;
 pub(crate) mod member;
 pub(crate) mod proto;
+pub(crate) mod sessions;

@@ -6,6 +6,7 @@ use flotilla_engine::node::ReadConsistency;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::scan::Pair;
 
 const PROTO_VERSION: u8 = 1;
 
@@ -95,7 +96,7 @@ pub struct RemoteStatus {
 pub(crate) enum Response {
     Write(Result<WriteReply, WireError>),
     Get(Result<Option<Vec<u8>>, WireError>),
-    Scan(Result<Vec<(Vec<u8>, Vec<u8>)>, WireError>),
+    Scan(Result<Vec<Pair>, WireError>),
     Status(Result<Vec<RemoteStatus>, WireError>),
     Faults(Result<(), WireError>),
 }

@@ -27,13 +27,16 @@ pub enum KvWrite {
     Delete(Vec<u8>),
 }
 
+/// The reply to the command at a log index.
+pub type CommandReply = (Index, Result<WriteReply, CommandError>);
+
 /// The result of applying a batch.
 #[derive(Debug, Default)]
 pub struct AppliedBatch {
     /// Writes to commit with the new applied index, in order.
     pub writes: Vec<KvWrite>,
     /// Reply to each applied command, by log index.
-    pub replies: Vec<(Index, Result<WriteReply, CommandError>)>,
+    pub replies: Vec<CommandReply>,
 }
 
 /// The state machine of one group.

@@ -6,5 +6,5 @@ pub mod machine;
 pub mod sessions;
 
 pub use command::{Command, CommandError, WriteOp, WriteReply};
-pub use machine::{AppliedBatch, KvMachine, KvView, KvWrite};
+pub use machine::{AppliedBatch, CommandReply, KvMachine, KvView, KvWrite};
 pub use sessions::{Session, SessionLimits};

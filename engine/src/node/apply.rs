@@ -5,7 +5,7 @@
 use flotilla_snapshot::{AppliedState, DataOp, GroupData, SnapshotError};
 use flotilla_wal::{keys, Entry, EntryPayload, Index, Membership};
 
-use crate::kv::{CommandError, KvMachine, KvView, KvWrite, SessionLimits, WriteReply};
+use crate::kv::{CommandReply, KvMachine, KvView, KvWrite, SessionLimits};
 use crate::raft::message::SnapshotMeta;
 
 struct DataView<'a>(&'a GroupData);
@@ -84,10 +84,7 @@ impl Applier {
 
     /// Applies `entries` (consecutive, committed) and returns the reply to
     /// each command by index.
-    pub(crate) fn apply(
-        &mut self,
-        entries: &[Entry],
-    ) -> Result<Vec<(Index, Result<WriteReply, CommandError>)>, SnapshotError> {
+    pub(crate) fn apply(&mut self, entries: &[Entry]) -> Result<Vec<CommandReply>, SnapshotError> {
         let Some(last) = entries.last() else {
             return Ok(Vec::new());
         };

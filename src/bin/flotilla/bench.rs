@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use flotilla::wal::rocksdb;
-use flotilla::{Db, Durability};
+use flotilla::{Db, Durability, ReadConsistency, RemoteClient};
 
 use crate::Consistency;
 
@@ -36,9 +36,17 @@ pub(crate) enum DurabilityArg {
 /// Settings of a benchmark run.
 #[derive(Args, Clone, Debug)]
 pub(crate) struct BenchArgs {
-    /// Directory for the store (created; reuse it only with the same engine).
-    #[arg(long, value_name = "PATH")]
-    data: PathBuf,
+    /// Directory for an embedded store (created; reuse it only with the same engine).
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "cluster",
+        conflicts_with = "cluster"
+    )]
+    data: Option<PathBuf>,
+    /// Run against a running cluster instead (flotilla engine only).
+    #[arg(long, value_name = "DIR")]
+    cluster: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Engine::Flotilla)]
     engine: Engine,
     #[arg(long, value_enum, default_value_t = Workload::Put)]
@@ -72,7 +80,7 @@ fn key(i: u64, bytes: usize) -> Vec<u8> {
 fn drive(
     clients: usize,
     ops: usize,
-    per_client: Arc<dyn Fn(usize, u64) -> Result<(), String> + Send + Sync>,
+    per_client: Work,
 ) -> Result<(Duration, Vec<Duration>), String> {
     let clients = clients.max(1);
     let started = Instant::now();
@@ -102,12 +110,64 @@ fn drive(
     Ok((started.elapsed(), all))
 }
 
+/// One client operation against whichever store is measured.
+type Work = Arc<dyn Fn(usize, u64) -> Result<(), String> + Send + Sync>;
+/// A put against the measured store.
+type PutFn = Arc<dyn Fn(&[u8], &[u8]) -> flotilla::Result<()> + Send + Sync>;
+/// A get against the measured store.
+type GetFn = Arc<dyn Fn(&[u8]) -> flotilla::Result<Option<Vec<u8>>> + Send + Sync>;
+
+/// The put or get workload over `put` and `get`, after loading the keys a
+/// get workload reads.
+fn workload(args: &BenchArgs, put: PutFn, get: GetFn) -> Result<Work, String> {
+    let value = vec![b'v'; args.value_bytes];
+    let key_bytes = args.key_bytes;
+    let stride = args.ops as u64 + 1;
+    Ok(match args.workload {
+        Workload::Put => Arc::new(move |client, op| {
+            put(&key(client as u64 * stride + op, key_bytes), &value).map_err(|e| e.to_string())
+        }),
+        Workload::Get => {
+            let loaded = (args.ops as u64).clamp(1, 100_000);
+            for i in 0..loaded {
+                put(&key(i, key_bytes), &value).map_err(|e| e.to_string())?;
+            }
+            Arc::new(move |client, op| {
+                let i = (client as u64 * 7919 + op * 104_729) % loaded;
+                match get(&key(i, key_bytes)) {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err(format!("key {i} is missing")),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+        }
+    })
+}
+
 pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
     let value = vec![b'v'; args.value_bytes];
     let key_bytes = args.key_bytes;
     let stride = args.ops as u64 + 1;
-    let (elapsed, mut latencies) = match args.engine {
-        Engine::Flotilla => {
+    let data = args.data.clone().unwrap_or_default();
+    let (elapsed, mut latencies) = match (args.engine, &args.cluster) {
+        (Engine::Flotilla, Some(dir)) => {
+            let client = Arc::new(
+                RemoteClient::open(dir, Duration::from_secs(10))
+                    .map_err(|e| format!("cannot use cluster {}: {e}", dir.display()))?,
+            );
+            let consistency: ReadConsistency = args.consistency.into();
+            let (c1, c2) = (client.clone(), client);
+            let work = workload(
+                &args,
+                Arc::new(move |k, v| c1.put(k, v)),
+                Arc::new(move |k| c2.get(k, consistency)),
+            )?;
+            drive(args.clients, args.ops, work)?
+        }
+        (Engine::Rocksdb, Some(_)) => {
+            return Err("the rocksdb baseline runs on a local directory (--data)".into())
+        }
+        (Engine::Flotilla, None) => {
             let durability = match args.durability {
                 DurabilityArg::Sync => Durability::Sync,
                 DurabilityArg::Buffered => Durability::Buffered {
@@ -115,50 +175,30 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
                 },
                 DurabilityArg::None => Durability::None,
             };
-            let db = Db::builder(&args.data)
+            let db = Db::builder(&data)
                 .durability(durability)
                 .read_consistency(args.consistency.into())
                 .open()
-                .map_err(|e| format!("cannot open {}: {e}", args.data.display()))?;
-            let work: Arc<dyn Fn(usize, u64) -> Result<(), String> + Send + Sync> =
-                match args.workload {
-                    Workload::Put => {
-                        let db = db.clone();
-                        Arc::new(move |client, op| {
-                            db.put(key(client as u64 * stride + op, key_bytes), &value)
-                                .map_err(|e| e.to_string())
-                        })
-                    }
-                    Workload::Get => {
-                        let loaded = (args.ops as u64).min(100_000);
-                        for i in 0..loaded {
-                            db.put(key(i, key_bytes), &value)
-                                .map_err(|e| e.to_string())?;
-                        }
-                        let db = db.clone();
-                        Arc::new(move |client, op| {
-                            let i = (client as u64 * 7919 + op * 104_729) % loaded.max(1);
-                            match db.get(key(i, key_bytes)) {
-                                Ok(Some(_)) => Ok(()),
-                                Ok(None) => Err(format!("key {i} is missing")),
-                                Err(e) => Err(e.to_string()),
-                            }
-                        })
-                    }
-                };
+                .map_err(|e| format!("cannot open {}: {e}", data.display()))?;
+            let (d1, d2) = (db.clone(), db.clone());
+            let work = workload(
+                &args,
+                Arc::new(move |k, v| d1.put(k, v)),
+                Arc::new(move |k| d2.get(k)),
+            )?;
             let result = drive(args.clients, args.ops, work)?;
             db.close().map_err(|e| e.to_string())?;
             result
         }
-        Engine::Rocksdb => {
+        (Engine::Rocksdb, None) => {
             if args.workload != Workload::Put {
                 return Err("the rocksdb baseline runs the put workload only".into());
             }
             let mut options = rocksdb::Options::default();
             options.create_if_missing(true);
             let db = Arc::new(
-                rocksdb::DB::open(&options, &args.data)
-                    .map_err(|e| format!("cannot open {}: {e}", args.data.display()))?,
+                rocksdb::DB::open(&options, &data)
+                    .map_err(|e| format!("cannot open {}: {e}", data.display()))?,
             );
             let durability = args.durability;
             drive(

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use flotilla::{Db, ReadConsistency, RemoteClient, ScanRange};
+use flotilla::{Db, Pair, ReadConsistency, RemoteClient, ScanRange};
 
 #[derive(Parser)]
 #[command(
@@ -162,7 +162,7 @@ enum ClusterCommand {
 /// An embedded store or a cluster, behind the same commands.
 enum Store {
     Local(Db),
-    Remote(RemoteClient, ReadConsistency),
+    Remote(Box<RemoteClient>, ReadConsistency),
 }
 
 impl Store {
@@ -201,7 +201,7 @@ impl Store {
             Store::Remote(c, _) => c.compare_and_swap(key, expected, new),
         }
     }
-    fn scan(&self, range: &ScanRange, limit: usize) -> flotilla::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan(&self, range: &ScanRange, limit: usize) -> flotilla::Result<Vec<Pair>> {
         match self {
             Store::Local(db) => db.scan(range, limit),
             Store::Remote(c, consistency) => {
@@ -217,7 +217,7 @@ fn open(target: &Target) -> Result<Store, String> {
     if let Some(dir) = &target.cluster {
         let client = RemoteClient::open(dir, timeout)
             .map_err(|e| format!("cannot use cluster {}: {e}", dir.display()))?;
-        return Ok(Store::Remote(client, target.consistency.into()));
+        return Ok(Store::Remote(Box::new(client), target.consistency.into()));
     }
     let Some(data) = &target.data else {
         return Err("give --data PATH or --cluster DIR".into());
