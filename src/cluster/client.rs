@@ -20,6 +20,9 @@ use crate::error::{Error, Result};
 use crate::scan::Pair;
 use crate::ReadConsistency;
 
+/// How long to wait for a member to accept a connection before trying another.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A connection to a cluster.
 pub struct RemoteClient {
     runtime: tokio::runtime::Runtime,
@@ -78,7 +81,16 @@ impl RemoteClient {
     }
 
     async fn send_to(&self, node: u64, request: &Request) -> Result<Response> {
-        let conn = self.connection(node).await?;
+        // A member that is down must not hold the client for the whole
+        // handshake timeout: try the next one soon.
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.connection(node))
+            .await
+            .map_err(|_| {
+                Error::Unavailable(format!(
+                    "node {node} at {} did not answer within {CONNECT_TIMEOUT:?}",
+                    self.nodes[&node]
+                ))
+            })??;
         match conn.request(proto::encode(request)).await {
             Ok(bytes) => proto::decode(&bytes),
             Err(e) => {
@@ -100,6 +112,9 @@ impl RemoteClient {
         let mut next = 0usize;
         let mut backoff = Duration::from_millis(5);
         let mut last_error = Error::Unavailable("no member answered".into());
+        // Until some member answered, a timeout means nothing was sent:
+        // report the members as unreachable rather than "may complete".
+        let mut answered = false;
         while tokio::time::Instant::now() < deadline {
             let target = self
                 .leader
@@ -109,9 +124,16 @@ impl RemoteClient {
                 .unwrap_or_else(|| ids[next % ids.len()]);
             let attempt = tokio::time::timeout_at(deadline, self.send_to(target, &request)).await;
             let result = match attempt {
+                Err(_) if !answered => Err(Error::Unavailable(format!(
+                    "node {target} at {} did not answer",
+                    self.nodes[&target]
+                ))),
                 Err(_) => Err(Error::Timeout(self.timeout)),
                 Ok(Err(e)) => Err(e),
-                Ok(Ok(response)) => pick(response).map_err(Error::from),
+                Ok(Ok(response)) => {
+                    answered = true;
+                    pick(response).map_err(Error::from)
+                }
             };
             match result {
                 Ok(value) => {
@@ -141,8 +163,12 @@ impl RemoteClient {
             }
         }
         Err(match last_error {
+            Error::Unavailable(why) if !answered => Error::Unavailable(format!(
+                "no member answered within {:?} (last: {why}); are the members running?",
+                self.timeout
+            )),
             Error::Unavailable(why) => Error::Unavailable(format!(
-                "no member answered within {:?}: {why}",
+                "no leader answered within {:?}: {why}",
                 self.timeout
             )),
             other => other,
