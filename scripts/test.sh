@@ -18,7 +18,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 # counts them all.
 set +e
 echo "== cargo test"
-cargo test --workspace 2>&1 | tee "$log"
+# --no-fail-fast: a failing test binary must not hide the others' results.
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 echo "== simulator, 1000 seeds"
 cargo run --release -p flotilla-engine --example sim -- --seeds 1000 2>&1 | tee -a "$log"
 # The crash test runs the binary `cargo test --workspace` built: a release

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flotilla::{CompactionPolicy, Db, Error, ReadConsistency, ScanRange};
 
@@ -288,5 +288,72 @@ fn no_acknowledged_write_is_lost_to_kill_9() {
             );
         }
         db.close().expect("close");
+    }
+}
+
+/// A node hosts several Raft groups from the start: each has its own log,
+/// data and applied index in the one RocksDB store, and all survive a reopen.
+#[test]
+fn one_node_hosts_several_groups_side_by_side() {
+    use flotilla::engine::kv::{command, Command, WriteOp, WriteReply};
+    use flotilla::engine::node::{NoNetwork, Node, NodeOptions, ReadConsistency};
+    use flotilla::wal::keys;
+
+    let dir = temp();
+    let path = dir.path().join("node");
+    let options = || {
+        let mut options = NodeOptions::new(1, &path);
+        options.groups = vec![1, 2, 3];
+        options
+    };
+    let wait = |pending| -> Result<WriteReply, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let rx: flotilla::engine::node::Pending<WriteReply> = pending;
+            rx.await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        })
+    };
+    {
+        let node = Node::open(options(), std::sync::Arc::new(NoNetwork)).expect("open");
+        for group in [1, 2, 3] {
+            let handle = node.group(group).expect("group");
+            let put = command::encode(&Command {
+                client: 0,
+                seq: 0,
+                now_ms: 0,
+                op: WriteOp::Put {
+                    key: b"shared-key".to_vec(),
+                    value: format!("group {group}").into_bytes(),
+                },
+            });
+            // The sole voter needs a moment to elect itself: retry refusals.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match wait(handle.write(put.clone()).expect("queue")) {
+                    Ok(reply) => {
+                        assert_eq!(reply, WriteReply::Done);
+                        break;
+                    }
+                    Err(e) => assert!(Instant::now() < deadline, "group {group}: {e}"),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        node.shutdown();
+    }
+    let node = Node::open(options(), std::sync::Arc::new(NoNetwork)).expect("reopen");
+    for group in [1, 2, 3] {
+        let handle = node.group(group).expect("group");
+        let value = handle
+            .data()
+            .get(&keys::user_key(b"shared-key"))
+            .expect("read");
+        assert_eq!(value, Some(format!("group {group}").into_bytes()));
+        assert!(handle.read(ReadConsistency::Stale, None).is_ok());
     }
 }

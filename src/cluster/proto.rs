@@ -42,9 +42,13 @@ impl From<Consistency> for ReadConsistency {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Request {
     /// An encoded `kv::Command`.
-    Write { command: Vec<u8> },
+    Write {
+        #[serde(with = "serde_bytes")]
+        command: Vec<u8>,
+    },
     /// A user key's value.
     Get {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         consistency: Consistency,
     },

@@ -19,7 +19,8 @@ pub enum EntryPayload {
     /// Appended by a new leader to commit entries of earlier terms (Raft §5.4.2).
     Blank,
     /// An application command, opaque to Raft.
-    Normal(Vec<u8>),
+    // Bytes as one block, not element by element (the same postcard encoding).
+    Normal(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A membership configuration; it takes effect as soon as it is appended.
     Membership(Membership),
 }

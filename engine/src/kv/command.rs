@@ -13,30 +13,38 @@ pub enum WriteOp {
     /// Set `key` to `value`.
     Put {
         /// Key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Append `value` to `key`'s value (an absent key counts as empty).
     Append {
         /// Key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Bytes to append.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Remove `key`.
     Delete {
         /// Key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Set `key` to `new` (or remove it if `None`) only if its value is
     /// `expected` (`None`: the key must be absent).
     CompareAndSwap {
         /// Key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The value the key must have.
+        #[serde(with = "serde_bytes")]
         expected: Option<Vec<u8>>,
         /// The value to set; `None` removes the key.
+        #[serde(with = "serde_bytes")]
         new: Option<Vec<u8>>,
     },
 }
@@ -84,6 +92,7 @@ pub enum WriteReply {
         /// True if the value matched and was replaced.
         swapped: bool,
         /// The key's value after the operation.
+        #[serde(with = "serde_bytes")]
         current: Option<Vec<u8>>,
     },
     /// The client's session expired (idle too long, or evicted to keep the

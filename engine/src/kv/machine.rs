@@ -136,9 +136,11 @@ impl KvMachine {
             }
         }
         let inner = keys::user_key(command.op.key());
-        let current = match overlay.get(&inner) {
-            Some(value) => value.clone(),
-            None => view.get(&inner)?,
+        // A put does not depend on the old value: skip the read.
+        let current = match (&command.op, overlay.get(&inner)) {
+            (WriteOp::Put { .. }, _) => None,
+            (_, Some(value)) => value.clone(),
+            (_, None) => view.get(&inner)?,
         };
         let (new, reply) = match command.op {
             WriteOp::Put { value, .. } => (Some(Some(value)), WriteReply::Done),

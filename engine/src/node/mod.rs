@@ -72,7 +72,8 @@ pub struct NodeOptions {
     pub groups: Vec<GroupId>,
     /// Voters of a group that has no state yet. Default `[id]`.
     pub initial_voters: Vec<NodeId>,
-    /// Raft settings (id and group are filled in per group). Default `Config::new`.
+    /// Raft settings (id and group are filled in per group). Default
+    /// [`runtime_raft_config`].
     pub raft: Config,
     /// When to snapshot and compact a group's log. Default `CompactionPolicy::default()`.
     pub compaction: CompactionPolicy,
@@ -93,13 +94,25 @@ impl NodeOptions {
             durability: Durability::Sync,
             groups: vec![1],
             initial_voters: vec![id],
-            raft: Config::new(id, 1),
+            raft: runtime_raft_config(id),
             compaction: CompactionPolicy::default(),
             sessions: SessionLimits::default(),
             inbox_capacity: 16_384,
             snapshot_chunk_bytes: DEFAULT_CHUNK_BYTES,
         }
     }
+}
+
+/// The Raft timing a node runs with, on 10 ms ticks: heartbeats every 50 ms,
+/// elections after 0.5–1 s of silence, leases of 400 ms. Slower than the
+/// core's defaults (which suit the simulator) so that a loaded machine —
+/// a stalled thread, a slow fsync — does not look like a dead leader.
+pub fn runtime_raft_config(id: NodeId) -> Config {
+    let mut config = Config::new(id, 1);
+    config.election_timeout_ticks = 50;
+    config.heartbeat_ticks = 5;
+    config.lease_ticks = 40;
+    config
 }
 
 /// A handle on one group of a running node. Cheap to clone.

@@ -80,6 +80,7 @@ pub enum MessageBody {
         /// Byte offset of `data` in the snapshot stream.
         offset: u64,
         /// The chunk.
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
         /// Whether this is the last chunk.
         done: bool,
