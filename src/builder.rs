@@ -129,7 +129,7 @@ impl DbBuilder {
         self
     }
 
-    /// When to snapshot and compact the Raft log. Default 4 MiB or 10,000 entries.
+    /// When to snapshot and compact the Raft log. Default 64 MiB or 100,000 entries.
     pub fn compaction(mut self, policy: CompactionPolicy) -> Self {
         self.compaction = policy;
         self

@@ -40,10 +40,10 @@ pub struct NodeConfig {
     /// `sync` (default), `buffered` or `none`.
     #[serde(default = "default_durability")]
     pub durability: String,
-    /// Snapshot and compact the log past this many entries (default 10,000).
+    /// Snapshot and compact the log past this many entries (default 100,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_log_entries: Option<u64>,
-    /// Snapshot and compact the log past this many bytes (default 4 MiB).
+    /// Snapshot and compact the log past this many bytes (default 64 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_raft_state_bytes: Option<u64>,
     /// The other members: node id → address.

@@ -15,17 +15,19 @@ use crate::Index;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CompactionPolicy {
     /// Compact once the log's entries count this many bytes
-    /// ([`crate::Entry::size_bytes`]). Default 4 MiB.
+    /// ([`crate::Entry::size_bytes`]). Default 64 MiB.
     pub max_raft_state_bytes: u64,
-    /// Compact once the log holds this many entries. Default 10,000.
+    /// Compact once the log holds this many entries. Default 100,000 (as
+    /// etcd's snapshot count): each snapshot reads the whole data, so
+    /// taking them often costs more than the log they free.
     pub max_log_entries: u64,
 }
 
 impl Default for CompactionPolicy {
     fn default() -> Self {
         CompactionPolicy {
-            max_raft_state_bytes: 4 << 20,
-            max_log_entries: 10_000,
+            max_raft_state_bytes: 64 << 20,
+            max_log_entries: 100_000,
         }
     }
 }

@@ -125,6 +125,8 @@ pub struct RaftCore {
     pub(crate) reads: LeaderReads,
     /// An incoming snapshot being staged, and the next offset wanted.
     pub(crate) staging: Option<(SnapshotMeta, u64)>,
+    /// Proposals were appended since the last `take_ready`: send appends then.
+    pub(crate) append_wanted: bool,
 }
 
 impl RaftCore {
@@ -170,6 +172,7 @@ impl RaftCore {
             transfer: None,
             reads: LeaderReads::default(),
             staging: restore.staged,
+            append_wanted: false,
             cfg,
         };
         core.reset_election_timer();
@@ -282,11 +285,15 @@ impl RaftCore {
             || !self.read_states.is_empty()
             || !self.snapshot_reads.is_empty()
             || self.reads.round_wanted
+            || self.append_wanted
             || (self.applied < self.apply_limit() && self.log.entry(self.applied + 1).is_some())
     }
 
     /// Hands out what the runtime must do now.
     pub fn take_ready(&mut self) -> Ready {
+        if std::mem::take(&mut self.append_wanted) && self.role == Role::Leader {
+            self.broadcast_new_entries();
+        }
         if self.role == Role::Leader && self.reads.round_wanted {
             self.broadcast_heartbeat();
         }

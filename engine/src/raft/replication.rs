@@ -30,7 +30,9 @@ impl RaftCore {
         }
         let at = (entry.index, entry.term);
         self.append_leader_entry(entry);
-        self.broadcast_append();
+        // Sent at the next take_ready: proposals made in between travel in
+        // one append per follower instead of one each.
+        self.append_wanted = true;
         Ok(at)
     }
 
@@ -64,6 +66,29 @@ impl RaftCore {
             .collect();
         for id in peers {
             self.send_append(id);
+        }
+    }
+
+    /// After new proposals: every follower in replicate state gets as many
+    /// appends as its window allows; the others one message, as on any
+    /// broadcast.
+    pub(crate) fn broadcast_new_entries(&mut self) {
+        let peers: Vec<NodeId> = self
+            .progress
+            .keys()
+            .copied()
+            .filter(|id| *id != self.cfg.id)
+            .collect();
+        for id in peers {
+            while self.send_append(id) {
+                let replicating = self
+                    .progress
+                    .get(&id)
+                    .is_some_and(|pr| pr.state == ReplicationState::Replicate);
+                if !replicating {
+                    break;
+                }
+            }
         }
     }
 
