@@ -581,8 +581,9 @@ fn one_partition_minority_waits_majority_continues() {
     }
 }
 
-/// While `clients` clients run, a new random two-way split of the five
-/// members every 400 ms; then heal and check.
+/// While `clients` clients run, a new two-way split of the five members
+/// every 1.2 s (longer than an election timeout, so a majority side can
+/// elect and make progress); then heal and check.
 fn many_partitions(clients: usize) {
     let cluster = start_with_faults(5);
     let client = cluster.client();
@@ -602,12 +603,12 @@ fn many_partitions(clients: usize) {
                 for id in 1..=5 {
                     let _ = client.inject_faults(id, 0, Duration::ZERO, sides.clone());
                 }
-                std::thread::sleep(Duration::from_millis(400));
+                std::thread::sleep(Duration::from_millis(1200));
                 round += 1;
             }
         })
     };
-    let history = run_history(cluster.path(), clients, 3, Duration::from_secs(4));
+    let history = run_history(cluster.path(), clients, 3, Duration::from_secs(6));
     stop.store(true, Ordering::Relaxed);
     partitioner.join().expect("partitioner");
     faults(&cluster, &client, 0, 0, &[]);
