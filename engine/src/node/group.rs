@@ -25,7 +25,7 @@ use crate::node::Transport;
 use crate::raft::core::{RaftCore, Role};
 use crate::raft::error::ProposeError;
 use crate::raft::message::SnapshotMeta;
-use crate::raft::ready::{PersistRequest, ReadState, SnapshotChunk};
+use crate::raft::ready::{PersistRequest, ReadState};
 
 /// Length of one tick of the core's clock.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -310,28 +310,12 @@ impl GroupThread {
             }
             self.on_read_states(ready.read_states);
             for request in ready.snapshot_reads {
-                match self
-                    .snapshots
-                    .read_chunk(&request.meta, request.offset, request.max_bytes)
-                {
-                    Ok(chunk) => self.core.on_snapshot_chunk(
-                        request.to,
-                        SnapshotChunk {
-                            snapshot_index: request.meta.index,
-                            snapshot_term: request.meta.term,
-                            offset: request.offset,
-                            data: chunk.data,
-                            done: chunk.done,
-                        },
-                    ),
-                    Err(e) => {
-                        debug!(
-                            group = self.group,
-                            to = request.to,
-                            "snapshot chunk unavailable: {e}"
-                        );
-                        self.core.on_snapshot_unavailable(request.to);
-                    }
+                if let Err(e) = self.core.answer_snapshot_read(&request, &self.snapshots) {
+                    debug!(
+                        group = self.group,
+                        to = request.to,
+                        "snapshot chunk unavailable: {e}"
+                    );
                 }
             }
         }

@@ -57,14 +57,17 @@ impl RaftCore {
         }
     }
 
-    pub(crate) fn broadcast_append(&mut self) {
-        let peers: Vec<NodeId> = self
-            .progress
+    /// Every node the leader replicates to.
+    fn followers(&self) -> Vec<NodeId> {
+        self.progress
             .keys()
             .copied()
             .filter(|id| *id != self.cfg.id)
-            .collect();
-        for id in peers {
+            .collect()
+    }
+
+    pub(crate) fn broadcast_append(&mut self) {
+        for id in self.followers() {
             self.send_append(id);
         }
     }
@@ -73,13 +76,7 @@ impl RaftCore {
     /// appends as its window allows; the others one message, as on any
     /// broadcast.
     pub(crate) fn broadcast_new_entries(&mut self) {
-        let peers: Vec<NodeId> = self
-            .progress
-            .keys()
-            .copied()
-            .filter(|id| *id != self.cfg.id)
-            .collect();
-        for id in peers {
+        for id in self.followers() {
             while self.send_append(id) {
                 let replicating = self
                     .progress

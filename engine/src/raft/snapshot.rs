@@ -2,6 +2,7 @@
 //! and tracks progress; the runtime reads chunks from its snapshot store
 //! (`Ready::snapshot_reads`) and stages received ones (`PersistRequest`).
 
+use flotilla_snapshot::{SnapshotError, SnapshotStore};
 use flotilla_wal::{Index, NodeId};
 
 use crate::raft::core::{RaftCore, Role};
@@ -63,6 +64,35 @@ impl RaftCore {
             offset,
             max_bytes: self.cfg.snapshot_chunk_bytes,
         });
+    }
+
+    /// Reads the chunk `request` asks for from `store` and hands it over
+    /// (`on_snapshot_chunk`), or reports the snapshot unavailable (and
+    /// returns why) so the transfer restarts from a newer one.
+    pub fn answer_snapshot_read<S: SnapshotStore + ?Sized>(
+        &mut self,
+        request: &SnapshotChunkRequest,
+        store: &S,
+    ) -> Result<(), SnapshotError> {
+        match store.read_chunk(&request.meta, request.offset, request.max_bytes) {
+            Ok(chunk) => {
+                self.on_snapshot_chunk(
+                    request.to,
+                    SnapshotChunk {
+                        snapshot_index: request.meta.index,
+                        snapshot_term: request.meta.term,
+                        offset: request.offset,
+                        data: chunk.data,
+                        done: chunk.done,
+                    },
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.on_snapshot_unavailable(request.to);
+                Err(e)
+            }
+        }
     }
 
     /// Hands over a chunk the runtime read for `to`; it goes out if the transfer still wants it.

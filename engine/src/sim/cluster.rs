@@ -7,14 +7,12 @@ use crate::raft::config::Config;
 use crate::raft::core::{RaftCore, Role};
 use crate::raft::error::ProposeError;
 use crate::raft::message::SnapshotMeta;
-use crate::raft::ready::SnapshotChunk;
 use crate::raft::rng::SplitMix64;
 use crate::sim::checker::Checker;
 use crate::sim::disk::SimDisk;
 use crate::sim::fnv::Fnv64;
 use crate::sim::network::{LinkFaults, SimNetwork};
 use crate::sim::node::{SimNode, StateMachine};
-use flotilla_snapshot::SnapshotStore;
 
 /// Simulated steps per core tick: messages and syncs take a few steps.
 pub const STEPS_PER_TICK: u64 = 10;
@@ -333,23 +331,7 @@ impl Cluster {
                 let Some(core) = node.core.as_mut() else {
                     return;
                 };
-                match node.disk.snapshots.read_chunk(
-                    &request.meta,
-                    request.offset,
-                    request.max_bytes,
-                ) {
-                    Ok(chunk) => core.on_snapshot_chunk(
-                        request.to,
-                        SnapshotChunk {
-                            snapshot_index: request.meta.index,
-                            snapshot_term: request.meta.term,
-                            offset: request.offset,
-                            data: chunk.data,
-                            done: chunk.done,
-                        },
-                    ),
-                    Err(_) => core.on_snapshot_unavailable(request.to),
-                }
+                let _ = core.answer_snapshot_read(&request, &node.disk.snapshots);
             }
             self.maybe_snapshot(idx);
         }

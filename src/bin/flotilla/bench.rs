@@ -2,7 +2,6 @@
 //! the same put workload on raw RocksDB (one synced WriteBatch per put) for
 //! side-by-side ratios.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +9,7 @@ use clap::{Args, ValueEnum};
 use flotilla::wal::rocksdb;
 use flotilla::{Db, Durability, ReadConsistency, RemoteClient};
 
-use crate::Consistency;
+use crate::Target;
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Engine {
@@ -36,17 +35,9 @@ pub(crate) enum DurabilityArg {
 /// Settings of a benchmark run.
 #[derive(Args, Clone, Debug)]
 pub(crate) struct BenchArgs {
-    /// Directory for an embedded store (created; reuse it only with the same engine).
-    #[arg(
-        long,
-        value_name = "PATH",
-        required_unless_present = "cluster",
-        conflicts_with = "cluster"
-    )]
-    data: Option<PathBuf>,
-    /// Run against a running cluster instead (flotilla engine only).
-    #[arg(long, value_name = "DIR")]
-    cluster: Option<PathBuf>,
+    /// The store to measure (`--data` for an embedded one, or `--cluster`).
+    #[command(flatten)]
+    target: Target,
     #[arg(long, value_enum, default_value_t = Engine::Flotilla)]
     engine: Engine,
     #[arg(long, value_enum, default_value_t = Workload::Put)]
@@ -63,8 +54,6 @@ pub(crate) struct BenchArgs {
     value_bytes: usize,
     #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
     durability: DurabilityArg,
-    #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
-    consistency: Consistency,
 }
 
 fn key(i: u64, bytes: usize) -> Vec<u8> {
@@ -148,14 +137,14 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
     let value = vec![b'v'; args.value_bytes];
     let key_bytes = args.key_bytes;
     let stride = args.ops as u64 + 1;
-    let data = args.data.clone().unwrap_or_default();
-    let (elapsed, mut latencies) = match (args.engine, &args.cluster) {
+    let data = args.target.data.clone().unwrap_or_default();
+    let (elapsed, mut latencies) = match (args.engine, &args.target.cluster) {
         (Engine::Flotilla, Some(dir)) => {
             let client = Arc::new(
-                RemoteClient::open(dir, Duration::from_secs(10))
+                RemoteClient::open(dir, Duration::from_secs(args.target.timeout_secs.max(1)))
                     .map_err(|e| format!("cannot use cluster {}: {e}", dir.display()))?,
             );
-            let consistency: ReadConsistency = args.consistency.into();
+            let consistency: ReadConsistency = args.target.consistency.into();
             let (c1, c2) = (client.clone(), client);
             let work = workload(
                 &args,
@@ -177,7 +166,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
             };
             let db = Db::builder(&data)
                 .durability(durability)
-                .read_consistency(args.consistency.into())
+                .read_consistency(args.target.consistency.into())
                 .open()
                 .map_err(|e| format!("cannot open {}: {e}", data.display()))?;
             let (d1, d2) = (db.clone(), db.clone());

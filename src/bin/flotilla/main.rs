@@ -30,7 +30,7 @@ struct Cli {
 
 /// Where the store is.
 #[derive(Args, Clone, Debug)]
-struct Target {
+pub(crate) struct Target {
     /// An embedded single-node store in this directory (created if absent).
     #[arg(
         long,
@@ -38,20 +38,20 @@ struct Target {
         required_unless_present = "cluster",
         conflicts_with = "cluster"
     )]
-    data: Option<PathBuf>,
+    pub(crate) data: Option<PathBuf>,
     /// A running cluster, as `flotilla cluster init` wrote its directory.
     #[arg(long, value_name = "DIR")]
-    cluster: Option<PathBuf>,
+    pub(crate) cluster: Option<PathBuf>,
     /// Give up on a request after this many seconds.
     #[arg(long, default_value_t = 10)]
-    timeout_secs: u64,
+    pub(crate) timeout_secs: u64,
     /// Read consistency for get and scan.
     #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
-    consistency: Consistency,
+    pub(crate) consistency: Consistency,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum Consistency {
+pub(crate) enum Consistency {
     Linearizable,
     Lease,
     Stale,
