@@ -117,10 +117,17 @@ fn workload(args: &BenchArgs, put: PutFn, get: GetFn) -> Result<Work, String> {
             put(&key(client as u64 * stride + op, key_bytes), &value).map_err(|e| e.to_string())
         }),
         Workload::Get => {
+            // Load the keys read, with every client at once.
             let loaded = (args.ops as u64).clamp(1, 100_000);
-            for i in 0..loaded {
-                put(&key(i, key_bytes), &value).map_err(|e| e.to_string())?;
-            }
+            let clients = args.clients.max(1) as u64;
+            let load: Work = {
+                let (put, value) = (put.clone(), value.clone());
+                Arc::new(move |client, op| {
+                    put(&key(op * clients + client as u64, key_bytes), &value)
+                        .map_err(|e| e.to_string())
+                })
+            };
+            drive(args.clients, loaded as usize, load)?;
             Arc::new(move |client, op| {
                 let i = (client as u64 * 7919 + op * 104_729) % loaded;
                 match get(&key(i, key_bytes)) {
