@@ -95,6 +95,7 @@ impl Member {
 
     /// Serves a request; one from a client (`from_client`) that needs the
     /// leader is forwarded to it, one from a member is not (no loops).
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.id, from_client))]
     pub(crate) async fn execute(&self, request: Request, from_client: bool) -> Response {
         let response = self.execute_local(request.clone()).await;
         let leader = match &response {

@@ -2,6 +2,8 @@
 //! the same put workload on raw RocksDB (one synced WriteBatch per put) for
 //! side-by-side ratios.
 
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,9 +75,11 @@ fn drive(
 ) -> Result<(Duration, Vec<Duration>), String> {
     let clients = clients.max(1);
     let started = Instant::now();
+    let done = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..clients)
         .map(|client| {
             let work = per_client.clone();
+            let done = done.clone();
             let count = ops / clients + usize::from(client < ops % clients);
             std::thread::spawn(move || -> Result<Vec<Duration>, String> {
                 let mut latencies = Vec::with_capacity(count);
@@ -83,20 +87,61 @@ fn drive(
                     let at = Instant::now();
                     work(client, op)?;
                     latencies.push(at.elapsed());
+                    done.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(latencies)
             })
         })
         .collect();
+    let progress = show_progress(done, ops);
     let mut all = Vec::with_capacity(ops);
+    let mut failure = None;
     for thread in threads {
-        all.extend(
-            thread
-                .join()
-                .map_err(|_| "a client thread panicked".to_string())??,
-        );
+        match thread.join() {
+            Ok(Ok(latencies)) => all.extend(latencies),
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(_) => failure = failure.or(Some("a client thread panicked".to_string())),
+        }
     }
-    Ok((started.elapsed(), all))
+    progress.finish();
+    match failure {
+        Some(e) => Err(e),
+        None => Ok((started.elapsed(), all)),
+    }
+}
+
+/// A progress line on stderr (only when it is a terminal), redrawn twice a
+/// second until [`Progress::finish`].
+struct Progress {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn show_progress(done: Arc<AtomicUsize>, total: usize) -> Progress {
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = std::io::stderr().is_terminal().then(|| {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let n = done.load(Ordering::Relaxed);
+                let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                eprint!("\r{n}/{total} ops, {rate:.0} ops/s   ");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            eprint!("\r{:60}\r", "");
+        })
+    });
+    Progress { stop, thread }
+}
+
+impl Progress {
+    fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// One client operation against whichever store is measured.
