@@ -145,7 +145,8 @@ impl GroupThread {
             }
         }
         self.fail_all(NodeError::Closed);
-        // Let in-flight log writes finish so their callers hear back.
+        // A running snapshot build holds the store: let it finish before
+        // the node closes the store under it.
         while self.building {
             match self.done_rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(Done::SnapshotBuilt(_)) => self.building = false,
