@@ -29,12 +29,19 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut config = quinn::TransportConfig::default();
     config.keep_alive_interval(Some(KEEP_ALIVE));
+    // Every request is a stream of its own: with quinn's default of 100
+    // open at once, a client with more requests in flight queues behind
+    // stream credit. Memory stays bounded by the connection's receive window.
+    config.max_concurrent_bidi_streams(MAX_CONCURRENT_REQUESTS.into());
     // The conversion only fails for durations beyond 2^62 microseconds.
     if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
         config.max_idle_timeout(Some(idle));
     }
     Arc::new(config)
 }
+
+/// Requests one connection may have in flight at once.
+pub const MAX_CONCURRENT_REQUESTS: u32 = 4096;
 
 /// Close code for a refused peer.
 const REFUSED: u32 = 1;
