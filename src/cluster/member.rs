@@ -254,3 +254,58 @@ impl Member {
         Ok(conn)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use flotilla_engine::node::{NoNetwork, Node, NodeOptions};
+
+    use super::*;
+
+    #[test]
+    fn a_message_reaches_its_group_only_from_the_peer_it_names() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut options = NodeOptions::new(1, dir.path().join("node"));
+        options.initial_voters = vec![1, 2, 3];
+        let node = Node::open(options, Arc::new(NoNetwork)).expect("open");
+        let groups: BTreeMap<u64, GroupHandle> =
+            node.groups().map(|g| (g.id(), g.clone())).collect();
+        let heartbeat_from_3 = encode_message(&Message {
+            group: 1,
+            from: 3,
+            to: 1,
+            term: 7,
+            body: MessageBody::Heartbeat {
+                commit: 0,
+                round: 1,
+            },
+        });
+        let term = || {
+            groups[&1]
+                .status()
+                .expect("status")
+                .blocking_recv()
+                .expect("answer")
+                .raft
+                .term
+        };
+        // Peer 2's connection carrying a message that claims to be node 3's.
+        deliver(&groups, 2, &heartbeat_from_3);
+        assert!(term() < 7, "an impostor's message moved the term");
+        // The client id 0 may not send Raft messages at all, even in its own name.
+        let heartbeat_from_0 = encode_message(&Message {
+            group: 1,
+            from: 0,
+            to: 1,
+            term: 7,
+            body: MessageBody::Heartbeat {
+                commit: 0,
+                round: 1,
+            },
+        });
+        deliver(&groups, 0, &heartbeat_from_0);
+        assert!(term() < 7, "a client's Raft message moved the term");
+        deliver(&groups, 3, &heartbeat_from_3);
+        assert_eq!(term(), 7, "node 3's own heartbeat is delivered");
+        node.shutdown();
+    }
+}
