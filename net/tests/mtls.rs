@@ -61,19 +61,12 @@ async fn connect_as(
 #[tokio::test]
 async fn a_member_is_admitted_and_frames_flow_both_ways() {
     let c = cluster();
-    let accepted = {
-        let server = Arc::clone(&c.server);
-        tokio::spawn(async move { server.accept().await })
-    };
+    let accepted = accept_one(&c.server);
     let client = connect_as(2, &c.ca.issue(2).expect("cert"), &c.ca.cert(), c.addr)
         .await
         .expect("a member connects");
     assert_eq!(client.peer, 1);
-    let server_side = accepted
-        .await
-        .expect("task")
-        .expect("an accept")
-        .expect("admitted");
+    let server_side = accepted.await.expect("task").expect("admitted");
     assert_eq!(server_side.peer, 2, "the server knows who connected");
     let ping = Frame {
         kind: FrameKind::Raft,
@@ -189,18 +182,11 @@ async fn no_client_certificate_is_refused_and_members_still_get_in() {
 #[tokio::test]
 async fn a_malformed_frame_ends_its_stream_not_the_connection() {
     let c = cluster();
-    let accepted = {
-        let server = Arc::clone(&c.server);
-        tokio::spawn(async move { server.accept().await })
-    };
+    let accepted = accept_one(&c.server);
     let client = connect_as(2, &c.ca.issue(2).expect("cert"), &c.ca.cert(), c.addr)
         .await
         .expect("connect");
-    let server_side = accepted
-        .await
-        .expect("task")
-        .expect("accept")
-        .expect("admitted");
+    let server_side = accepted.await.expect("task").expect("admitted");
     // Version 9, then a length far past the limit.
     client
         .send_raw(&[9, 2, 0, 0, 0, 1, 0])
