@@ -246,12 +246,6 @@ impl Db {
         }
         Ok(())
     }
-
-    /// The fault rules of this member's network links (tests only; `None`
-    /// for a single node).
-    pub fn faults(&self) -> Option<flotilla_net::Faults> {
-        self.inner.mesh.get().map(|m| m.faults().clone())
-    }
 }
 
 /// Binds the member's endpoint and starts its links and request service.
@@ -295,6 +289,21 @@ fn start_mesh(
     ))
 }
 
+/// One try of a request: finished, or refused in a way worth retrying.
+enum Attempt<T> {
+    Done(Result<T>),
+    Again(Error),
+}
+
+impl<T> From<Result<T>> for Attempt<T> {
+    fn from(result: Result<T>) -> Self {
+        match result {
+            Err(e) if e.is_retryable() => Attempt::Again(e),
+            other => Attempt::Done(other),
+        }
+    }
+}
+
 fn unexpected(response: Response) -> WireError {
     WireError::Other(format!("unexpected response: {response:?}"))
 }
@@ -328,6 +337,30 @@ impl AsyncDb {
         Ok(())
     }
 
+    /// Runs `attempt` until it is done or the request timeout passes,
+    /// sleeping between retryable failures (`first_backoff`, doubling up to
+    /// 100 ms). The one retry policy of both the local and the cluster path.
+    async fn retry<T, Fut>(&self, first_backoff: Duration, attempt: impl Fn() -> Fut) -> Result<T>
+    where
+        Fut: std::future::Future<Output = Attempt<T>>,
+    {
+        let timeout = self.inner.settings.request_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut backoff = first_backoff;
+        loop {
+            match tokio::time::timeout_at(deadline, attempt()).await {
+                Err(_) => return Err(Error::Timeout(timeout)),
+                Ok(Attempt::Done(result)) => return result,
+                Ok(Attempt::Again(e)) if tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::debug!("retrying after: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(100));
+                }
+                Ok(Attempt::Again(e)) => return Err(e),
+            }
+        }
+    }
+
     /// Sends a request made by `send` and waits for its answer, sending it
     /// again after a retryable refusal (no leader yet, leader not ready,
     /// overloaded) until the request timeout. Only refusals are retried: on
@@ -336,23 +369,21 @@ impl AsyncDb {
         &self,
         send: impl Fn() -> std::result::Result<Pending<T>, NodeError>,
     ) -> Result<T> {
-        let timeout = self.inner.settings.request_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut backoff = Duration::from_millis(1);
-        loop {
-            let answer = match tokio::time::timeout_at(deadline, send()?).await {
-                Err(_) => return Err(Error::Timeout(timeout)),
-                Ok(Err(_)) => return Err(Error::Closed),
-                Ok(Ok(answer)) => answer,
-            };
-            match answer {
-                Err(e) if e.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(100));
+        self.retry(Duration::from_millis(1), || {
+            let pending = send();
+            async move {
+                let pending = match pending {
+                    Ok(pending) => pending,
+                    // Not queued (full inbox, closed): answered at once.
+                    Err(e) => return Attempt::Done(Err(Error::from(e))),
+                };
+                match pending.await {
+                    Err(_) => Attempt::Done(Err(Error::Closed)),
+                    Ok(answer) => Attempt::from(answer.map_err(Error::from)),
                 }
-                other => return other.map_err(Error::from),
             }
-        }
+        })
+        .await
     }
 
     async fn write(&self, op: WriteOp) -> Result<WriteReply> {
@@ -411,27 +442,11 @@ impl AsyncDb {
         request: Request,
         pick: fn(Response) -> std::result::Result<T, WireError>,
     ) -> Result<T> {
-        let timeout = self.inner.settings.request_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut backoff = Duration::from_millis(2);
-        loop {
-            let response = match tokio::time::timeout_at(
-                deadline,
-                member.execute(request.clone(), true),
-            )
-            .await
-            {
-                Err(_) => return Err(Error::Timeout(timeout)),
-                Ok(response) => response,
-            };
-            match pick(response).map_err(Error::from) {
-                Err(e) if e.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(100));
-                }
-                other => return other,
-            }
-        }
+        self.retry(Duration::from_millis(2), || {
+            let response = member.execute(request.clone(), true);
+            async move { Attempt::from(pick(response.await).map_err(Error::from)) }
+        })
+        .await
     }
 
     /// Sets `key` to `value`.
