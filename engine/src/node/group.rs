@@ -460,11 +460,11 @@ impl GroupThread {
         if self.building || self.fatal.is_some() {
             return;
         }
-        let status = self.core.status();
+        // Runs after every round: plain accessors, not a whole status().
         let size = LogSize {
             bytes: self.log.log_bytes(self.group).unwrap_or(0),
-            snapshot_index: status.snapshot_index,
-            last_index: status.last_index,
+            snapshot_index: self.core.snapshot_meta().index,
+            last_index: self.core.last_index(),
         };
         if self
             .policy
