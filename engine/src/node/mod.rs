@@ -197,7 +197,6 @@ impl GroupHandle {
 /// A running node.
 pub struct Node {
     id: NodeId,
-    log: Arc<RocksLogStore>,
     groups: BTreeMap<GroupId, GroupHandle>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -218,7 +217,6 @@ impl Node {
         let initial = Membership::with_voters(options.initial_voters.iter().copied());
         let mut node = Node {
             id: options.id,
-            log: log.clone(),
             groups: BTreeMap::new(),
             threads: Vec::new(),
         };
@@ -294,11 +292,6 @@ impl Node {
             let _ = thread.join();
         }
         self.groups.clear();
-    }
-
-    /// The node's store (for tools and tests).
-    pub fn store(&self) -> &Arc<RocksLogStore> {
-        &self.log
     }
 }
 
