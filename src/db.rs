@@ -308,7 +308,8 @@ fn unexpected(response: Response) -> WireError {
     WireError::Other(format!("unexpected response: {response:?}"))
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock milliseconds: the clock session expiry runs on.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -191,6 +191,12 @@ fn basic_writes_and_reads_through_any_member() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A client writing one request at a time reuses one session: a session
+    // per write would evict other clients' sessions once the limit is hit.
+    for (node, status) in client.status() {
+        let groups = status.unwrap_or_else(|e| panic!("node {node}: {e}"));
+        assert_eq!(groups[0].sessions, 1, "node {node} holds one session");
+    }
 }
 
 /// Appends unique tokens to one key per client and records which were

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use flotilla_engine::kv::{self, Command, WriteOp, WriteReply};
 use flotilla_net::{Identity, Node as NetNode, PeerConnection};
@@ -180,9 +180,8 @@ impl RemoteClient {
         let command = kv::command::encode(&Command {
             client,
             seq,
-            now_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            // The leader stamps its own clock over this (Member::stamp).
+            now_ms: 0,
             op,
         });
         let reply = self
@@ -190,7 +189,11 @@ impl RemoteClient {
             .block_on(self.call(Request::Write { command }, |r| match r {
                 Response::Write(r) => r,
                 other => Err(WireError::Other(format!("unexpected response {other:?}"))),
-            }))?;
+            }));
+        // The next write of this session gets the next number whatever
+        // happened: a retry of this one is never sent again.
+        self.sessions.give_back(client, seq + 1);
+        let reply = reply?;
         match reply {
             WriteReply::SessionExpired => Err(Error::SessionExpired),
             WriteReply::StaleSequence { last } => Err(Error::InvalidArgument(format!(

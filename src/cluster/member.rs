@@ -8,12 +8,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use flotilla_engine::node::{GroupHandle, NodeError, ReadConsistency, Transport};
-use flotilla_engine::{decode_message, encode_message, Message, MessageBody};
+use flotilla_engine::{decode_message, encode_message, kv, Message, MessageBody};
 use flotilla_net::{FrameKind, Mesh, PeerConnection};
 use flotilla_wal::keys;
 use tracing::{debug, warn};
 
 use crate::cluster::proto::{self, RemoteStatus, Request, Response, WireError};
+use crate::db::now_ms;
 use crate::error::{Error, Result};
 use crate::scan::{scan_group, ScanRange};
 
@@ -130,9 +131,10 @@ impl Member {
 
     async fn execute_local(&self, request: Request) -> Response {
         match request {
-            Request::Write { command } => {
-                Response::Write(self.wait(self.group.write(command)).await)
-            }
+            Request::Write { command } => match stamp_leader_clock(&command) {
+                Ok(command) => Response::Write(self.wait(self.group.write(command)).await),
+                Err(e) => Response::Write(Err(e)),
+            },
             Request::Get { key, consistency } => {
                 let inner = keys::user_key(&key);
                 let consistency: ReadConsistency = consistency.into();
@@ -200,6 +202,7 @@ impl Member {
                         commit_index: s.raft.commit_index,
                         applied_index: s.applied_index,
                         log_bytes: s.log_bytes,
+                        sessions: s.sessions as u64,
                         snapshot_index: s.raft.snapshot_index,
                         voters: s.raft.membership.voters.iter().copied().collect(),
                     }]
@@ -308,4 +311,15 @@ mod tests {
         assert_eq!(term(), 7, "node 3's own heartbeat is delivered");
         node.shutdown();
     }
+}
+
+/// Session expiry runs on the clock stamped into each command, so the member
+/// that proposes a write stamps its own: a client's clock, however wrong,
+/// can then neither expire other clients' sessions nor keep its own alive.
+/// (Only the leader's proposal succeeds, so the stamp is the leader's.)
+fn stamp_leader_clock(command: &[u8]) -> std::result::Result<Vec<u8>, WireError> {
+    let mut decoded: kv::Command = kv::command::decode(command)
+        .map_err(|e| WireError::InvalidArgument(format!("malformed write command: {e}")))?;
+    decoded.now_ms = now_ms();
+    Ok(kv::command::encode(&decoded))
 }

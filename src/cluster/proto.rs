@@ -89,6 +89,8 @@ pub struct RemoteStatus {
     pub applied_index: u64,
     /// Log bytes in storage.
     pub log_bytes: u64,
+    /// Client sessions the state machine holds.
+    pub sessions: u64,
     /// Latest snapshot index.
     pub snapshot_index: u64,
     /// Voters.

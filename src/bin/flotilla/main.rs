@@ -337,9 +337,9 @@ fn run(command: Command) -> Result<ExitCode, String> {
                             Ok(groups) => {
                                 for g in groups {
                                     println!(
-                                        "node {} group {} role {} term {} leader {} commit {} applied {} log_bytes {} snapshot {} voters {:?}",
+                                        "node {} group {} role {} term {} leader {} commit {} applied {} log_bytes {} snapshot {} sessions {} voters {:?}",
                                         g.node, g.group, g.role, g.term, g.leader, g.commit_index,
-                                        g.applied_index, g.log_bytes, g.snapshot_index, g.voters
+                                        g.applied_index, g.log_bytes, g.snapshot_index, g.sessions, g.voters
                                     );
                                 }
                             }
