@@ -25,6 +25,9 @@ use crate::cluster::sessions::SessionPool;
 use crate::error::{Error, Result};
 use crate::scan::{scan_group, Pair, ScanRange};
 
+/// Worker threads of a cluster member's runtime (QUIC and the group loops).
+const MEMBER_WORKERS: usize = 2;
+
 /// The outcome of a compare-and-swap.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CasOutcome {
@@ -107,13 +110,22 @@ impl Db {
         DbBuilder::new(path)
     }
 
-    pub(crate) fn start(settings: DbBuilder, options: NodeOptions) -> Result<Db> {
+    pub(crate) fn start(settings: DbBuilder, mut options: NodeOptions) -> Result<Db> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(if settings.peers.is_empty() { 1 } else { 2 })
+            .worker_threads(if settings.peers.is_empty() {
+                1
+            } else {
+                MEMBER_WORKERS
+            })
             .thread_name("flotilla-runtime")
             .enable_all()
             .build()
             .map_err(|e| Error::Config(format!("cannot start the async runtime: {e}")))?;
+        if !settings.peers.is_empty() {
+            // The group loops share the runtime that drives QUIC: a message
+            // then reaches the core without a thread hand-off.
+            options.runtime = Some(runtime.handle().clone());
+        }
         let mesh = Arc::new(OnceLock::new());
         let transport: Arc<dyn Transport> = if settings.peers.is_empty() {
             Arc::new(NoNetwork)

@@ -26,6 +26,7 @@ mod error;
 mod scan;
 
 pub use builder::{ClusterTls, DbBuilder, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+pub use cluster::async_client::AsyncRemoteClient;
 pub use cluster::client::RemoteClient;
 pub use cluster::files::{
     init_cluster, load_client, load_node, ClientConfig, ClientFiles, NodeConfig,

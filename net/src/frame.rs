@@ -51,6 +51,10 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
+/// Frames up to this size are copied behind their header and written at
+/// once; larger ones (snapshot chunks) go out as header, then payload.
+const COALESCE_BYTES: usize = 64 * 1024;
+
 /// Writes one frame.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> Result<(), NetError> {
     let len = u32::try_from(frame.payload.len())
@@ -64,8 +68,17 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> Res
     header[0] = FRAME_VERSION;
     header[1] = frame.kind as u8;
     header[2..].copy_from_slice(&len.to_be_bytes());
-    w.write_all(&header).await.map_err(io)?;
-    w.write_all(&frame.payload).await.map_err(io)?;
+    if frame.payload.len() <= COALESCE_BYTES {
+        // One write: on a QUIC stream each write may wake the connection
+        // driver, which can then send the header in a packet of its own.
+        let mut whole = Vec::with_capacity(HEADER_BYTES + frame.payload.len());
+        whole.extend_from_slice(&header);
+        whole.extend_from_slice(&frame.payload);
+        w.write_all(&whole).await.map_err(io)?;
+    } else {
+        w.write_all(&header).await.map_err(io)?;
+        w.write_all(&frame.payload).await.map_err(io)?;
+    }
     Ok(())
 }
 

@@ -1,232 +1,48 @@
-//! A client of a running cluster (what the `flotilla` commands use with
-//! `--cluster D`): connects with the client certificate, follows leader
-//! hints, retries retryable errors with the same session sequence number.
+//! The blocking client of a running cluster (what the `flotilla` commands
+//! use with `--cluster D`): [`AsyncRemoteClient`] on a runtime of its own.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_engine::kv::{self, Command, WriteOp, WriteReply};
-use flotilla_net::{Identity, Node as NetNode, PeerConnection};
-use rustls_pki_types::CertificateDer;
-
-use crate::cluster::files::load_client;
-use crate::cluster::proto::{self, Consistency, RemoteStatus, Request, Response, WireError};
-use crate::cluster::sessions::SessionPool;
+use crate::cluster::async_client::AsyncRemoteClient;
+use crate::cluster::proto::RemoteStatus;
 use crate::db::CasOutcome;
 use crate::error::{Error, Result};
 use crate::scan::Pair;
 use crate::ReadConsistency;
 
-/// How long to wait for a member to accept a connection before trying another.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A connection to a cluster.
+/// A connection to a cluster; each call blocks the calling thread. In async
+/// code use [`AsyncRemoteClient`].
 pub struct RemoteClient {
     runtime: tokio::runtime::Runtime,
-    endpoint: NetNode,
-    nodes: BTreeMap<u64, SocketAddr>,
-    conns: tokio::sync::Mutex<BTreeMap<u64, Arc<PeerConnection>>>,
-    leader: Mutex<Option<u64>>,
-    sessions: SessionPool,
-    timeout: Duration,
+    inner: AsyncRemoteClient,
 }
 
 impl RemoteClient {
     /// Reads the cluster directory `dir` (as `flotilla cluster init` wrote it).
     pub fn open(dir: &Path, timeout: Duration) -> Result<RemoteClient> {
-        let files = load_client(dir)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .map_err(|e| Error::Config(format!("cannot start the async runtime: {e}")))?;
-        let identity = Identity {
-            certs: vec![CertificateDer::from(files.tls.cert.clone())],
-            key: files.tls.key.clone(),
-        };
-        let ca = CertificateDer::from(files.tls.ca_cert.clone());
-        let endpoint = {
-            let _entered = runtime.enter();
-            NetNode::bind(0, SocketAddr::from(([127, 0, 0, 1], 0)), &identity, &ca)
-                .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?
-        };
-        Ok(RemoteClient {
-            runtime,
-            endpoint,
-            nodes: files.nodes,
-            conns: tokio::sync::Mutex::new(BTreeMap::new()),
-            leader: Mutex::new(None),
-            sessions: SessionPool::default(),
-            timeout,
-        })
-    }
-
-    async fn connection(&self, node: u64) -> Result<Arc<PeerConnection>> {
-        let mut conns = self.conns.lock().await;
-        if let Some(conn) = conns.get(&node).filter(|c| !c.is_closed()) {
-            return Ok(conn.clone());
-        }
-        let addr = self.nodes[&node];
-        let conn = Arc::new(
-            self.endpoint
-                .connect(node, addr)
-                .await
-                .map_err(|e| Error::Unavailable(e.to_string()))?,
-        );
-        conns.insert(node, conn.clone());
-        Ok(conn)
-    }
-
-    async fn send_to(&self, node: u64, request: &Request) -> Result<Response> {
-        // A member that is down must not hold the client for the whole
-        // handshake timeout: try the next one soon.
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.connection(node))
-            .await
-            .map_err(|_| {
-                Error::Unavailable(format!(
-                    "node {node} at {} did not answer within {CONNECT_TIMEOUT:?}",
-                    self.nodes[&node]
-                ))
-            })??;
-        match conn.request(proto::encode(request)).await {
-            Ok(bytes) => proto::decode(&bytes),
-            Err(e) => {
-                self.conns.lock().await.remove(&node);
-                Err(Error::Unavailable(format!("node {node}: {e}")))
-            }
-        }
-    }
-
-    /// Sends `request` to the leader (or whoever answers), following hints
-    /// and retrying retryable errors until the timeout.
-    async fn call<T>(
-        &self,
-        request: Request,
-        pick: fn(Response) -> std::result::Result<T, WireError>,
-    ) -> Result<T> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let ids: Vec<u64> = self.nodes.keys().copied().collect();
-        let mut next = 0usize;
-        let mut backoff = Duration::from_millis(5);
-        let mut last_error = Error::Unavailable("no member answered".into());
-        // Until some member answered, a timeout means nothing was sent:
-        // report the members as unreachable rather than "may complete".
-        let mut answered = false;
-        while tokio::time::Instant::now() < deadline {
-            let target = self
-                .leader
-                .lock()
-                .ok()
-                .and_then(|l| *l)
-                .unwrap_or_else(|| ids[next % ids.len()]);
-            let attempt = tokio::time::timeout_at(deadline, self.send_to(target, &request)).await;
-            let result = match attempt {
-                Err(_) if !answered => Err(Error::Unavailable(format!(
-                    "node {target} at {} did not answer",
-                    self.nodes[&target]
-                ))),
-                Err(_) => Err(Error::Timeout(self.timeout)),
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(response)) => {
-                    answered = true;
-                    pick(response).map_err(Error::from)
-                }
-            };
-            match result {
-                Ok(value) => {
-                    if let Ok(mut leader) = self.leader.lock() {
-                        *leader = Some(target);
-                    }
-                    return Ok(value);
-                }
-                Err(e) if e.is_retryable() => {
-                    let hint = match &e {
-                        Error::NotLeader { leader: Some(l) } if self.nodes.contains_key(l) => {
-                            Some(*l)
-                        }
-                        _ => None,
-                    };
-                    if let Ok(mut leader) = self.leader.lock() {
-                        *leader = hint;
-                    }
-                    if hint.is_none() {
-                        next += 1;
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_millis(200));
-                    }
-                    last_error = e;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(match last_error {
-            Error::Unavailable(why) if !answered => Error::Unavailable(format!(
-                "no member answered within {:?} (last: {why}); are the members running?",
-                self.timeout
-            )),
-            Error::Unavailable(why) => Error::Unavailable(format!(
-                "no leader answered within {:?}: {why}",
-                self.timeout
-            )),
-            other => other,
-        })
-    }
-
-    fn write(&self, op: WriteOp) -> Result<WriteReply> {
-        let (client, seq) = self.sessions.take();
-        let command = kv::command::encode(&Command {
-            client,
-            seq,
-            // The leader stamps its own clock over this (Member::stamp).
-            now_ms: 0,
-            op,
-        });
-        let reply = self
-            .runtime
-            .block_on(self.call(Request::Write { command }, |r| match r {
-                Response::Write(r) => r,
-                other => Err(WireError::Other(format!("unexpected response {other:?}"))),
-            }));
-        // The next write of this session gets the next number whatever
-        // happened: a retry of this one is never sent again.
-        self.sessions.give_back(client, seq + 1);
-        let reply = reply?;
-        match reply {
-            WriteReply::SessionExpired => Err(Error::SessionExpired),
-            WriteReply::StaleSequence { last } => Err(Error::InvalidArgument(format!(
-                "stale sequence number (session at {last})"
-            ))),
-            other => Ok(other),
-        }
+        let inner = runtime.block_on(AsyncRemoteClient::open(dir, timeout))?;
+        Ok(RemoteClient { runtime, inner })
     }
 
     /// Sets `key` to `value`.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.write(WriteOp::Put {
-            key: key.to_vec(),
-            value: value.to_vec(),
-        })
-        .map(|_| ())
+        self.runtime.block_on(self.inner.put(key, value))
     }
 
     /// Appends `value` to `key`'s value.
     pub fn append(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.write(WriteOp::Append {
-            key: key.to_vec(),
-            value: value.to_vec(),
-        })
-        .map(|_| ())
+        self.runtime.block_on(self.inner.append(key, value))
     }
 
     /// Removes `key`; true if it existed.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
-        Ok(matches!(
-            self.write(WriteOp::Delete { key: key.to_vec() })?,
-            WriteReply::Deleted { existed: true }
-        ))
+        self.runtime.block_on(self.inner.delete(key))
     }
 
     /// Compare-and-swap, as [`crate::Db::compare_and_swap`].
@@ -236,26 +52,13 @@ impl RemoteClient {
         expected: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> Result<CasOutcome> {
-        match self.write(WriteOp::CompareAndSwap {
-            key: key.to_vec(),
-            expected: expected.map(<[u8]>::to_vec),
-            new: new.map(<[u8]>::to_vec),
-        })? {
-            WriteReply::Swapped { swapped, current } => Ok(CasOutcome { swapped, current }),
-            other => Err(Error::Unavailable(format!("unexpected reply {other:?}"))),
-        }
+        self.runtime
+            .block_on(self.inner.compare_and_swap(key, expected, new))
     }
 
     /// The value of `key`.
     pub fn get(&self, key: &[u8], consistency: ReadConsistency) -> Result<Option<Vec<u8>>> {
-        let request = Request::Get {
-            key: key.to_vec(),
-            consistency: Consistency::from(consistency),
-        };
-        self.runtime.block_on(self.call(request, |r| match r {
-            Response::Get(r) => r,
-            other => Err(WireError::Other(format!("unexpected response {other:?}"))),
-        }))
+        self.runtime.block_on(self.inner.get(key, consistency))
     }
 
     /// Up to `limit` pairs in `start..end` (empty end: unbounded).
@@ -266,16 +69,8 @@ impl RemoteClient {
         limit: usize,
         consistency: ReadConsistency,
     ) -> Result<Vec<Pair>> {
-        let request = Request::Scan {
-            start,
-            end,
-            limit: limit as u64,
-            consistency: Consistency::from(consistency),
-        };
-        self.runtime.block_on(self.call(request, |r| match r {
-            Response::Scan(r) => r,
-            other => Err(WireError::Other(format!("unexpected response {other:?}"))),
-        }))
+        self.runtime
+            .block_on(self.inner.scan(start, end, limit, consistency))
     }
 
     /// Test only: replaces member `node`'s fault rules (drop share in
@@ -288,56 +83,19 @@ impl RemoteClient {
         delay: Duration,
         partition: Vec<Vec<u64>>,
     ) -> Result<()> {
-        let request = Request::InjectFaults {
-            drop_ppm,
-            delay_ms: delay.as_millis() as u64,
-            partition,
-        };
-        self.runtime.block_on(async {
-            match self.send_to(node, &request).await? {
-                Response::Faults(r) => r.map_err(Error::from),
-                other => Err(Error::Unavailable(format!("unexpected response {other:?}"))),
-            }
-        })
+        self.runtime
+            .block_on(self.inner.inject_faults(node, drop_ppm, delay, partition))
     }
 
     /// Sends a request to one member only, with no retry (tests use it to
     /// talk to a member on the minority side of a partition).
     pub fn get_from(&self, node: u64, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let request = Request::Get {
-            key: key.to_vec(),
-            consistency: Consistency::Linearizable,
-        };
-        self.runtime.block_on(async {
-            match tokio::time::timeout(self.timeout, self.send_to(node, &request)).await {
-                Err(_) => Err(Error::Timeout(self.timeout)),
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(Response::Get(r))) => r.map_err(Error::from),
-                Ok(Ok(other)) => Err(Error::Unavailable(format!("unexpected response {other:?}"))),
-            }
-        })
+        self.runtime.block_on(self.inner.get_from(node, key))
     }
 
     /// Every member's status; a member that does not answer is reported as
     /// an error beside its id.
     pub fn status(&self) -> Vec<(u64, Result<Vec<RemoteStatus>>)> {
-        self.nodes
-            .keys()
-            .map(|&id| {
-                let answer = self.runtime.block_on(async {
-                    match tokio::time::timeout(self.timeout, self.send_to(id, &Request::Status))
-                        .await
-                    {
-                        Err(_) => Err(Error::Timeout(self.timeout)),
-                        Ok(Err(e)) => Err(e),
-                        Ok(Ok(Response::Status(r))) => r.map_err(Error::from),
-                        Ok(Ok(other)) => {
-                            Err(Error::Unavailable(format!("unexpected response {other:?}")))
-                        }
-                    }
-                });
-                (id, answer)
-            })
-            .collect()
+        self.runtime.block_on(self.inner.status())
     }
 }

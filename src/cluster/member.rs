@@ -258,6 +258,17 @@ impl Member {
     }
 }
 
+/// Session expiry runs on the clock stamped into each command, so the member
+/// that proposes a write stamps its own: a client's clock, however wrong,
+/// can then neither expire other clients' sessions nor keep its own alive.
+/// (Only the leader's proposal succeeds, so the stamp is the leader's.)
+fn stamp_leader_clock(command: &[u8]) -> std::result::Result<Vec<u8>, WireError> {
+    let mut decoded: kv::Command = kv::command::decode(command)
+        .map_err(|e| WireError::InvalidArgument(format!("malformed write command: {e}")))?;
+    decoded.now_ms = now_ms();
+    Ok(kv::command::encode(&decoded))
+}
+
 #[cfg(test)]
 mod tests {
     use flotilla_engine::node::{NoNetwork, Node, NodeOptions};
@@ -311,15 +322,4 @@ mod tests {
         assert_eq!(term(), 7, "node 3's own heartbeat is delivered");
         node.shutdown();
     }
-}
-
-/// Session expiry runs on the clock stamped into each command, so the member
-/// that proposes a write stamps its own: a client's clock, however wrong,
-/// can then neither expire other clients' sessions nor keep its own alive.
-/// (Only the leader's proposal succeeds, so the stamp is the leader's.)
-fn stamp_leader_clock(command: &[u8]) -> std::result::Result<Vec<u8>, WireError> {
-    let mut decoded: kv::Command = kv::command::decode(command)
-        .map_err(|e| WireError::InvalidArgument(format!("malformed write command: {e}")))?;
-    decoded.now_ms = now_ms();
-    Ok(kv::command::encode(&decoded))
 }

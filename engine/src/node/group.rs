@@ -1,21 +1,25 @@
-//! One group's thread: owns the Raft core and carries out its `Ready`s
+//! One group's loop: owns the Raft core and carries out its `Ready`s
 //! against RocksDB — the log through the writer thread (group commit), the
 //! state machine's writes straight to RocksDB, snapshot builds on a helper
 //! thread — and answers callers.
 //!
-//! A plain OS thread rather than a tokio task: applying and snapshot
-//! staging block on RocksDB, which must never happen on a tokio worker.
+//! The loop is a future. A cluster member runs it as a task on the runtime
+//! that also drives QUIC, so a Raft message goes from the socket to the core
+//! and back out without crossing threads; a single-node store runs it on a
+//! thread of its own. Applying and snapshot staging block on RocksDB for a
+//! bounded batch; the runtime that hosts the loop is sized for that.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
 use flotilla_snapshot::{RocksSnapshotStore, SnapshotError, SnapshotStore};
 use flotilla_wal::{
     CompactionPolicy, Entry, EntryPayload, GroupId, Index, LogSize, LogStore, LogWrite, NodeId,
     RocksLogStore, StorageError, Term,
 };
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::kv::WriteReply;
@@ -42,20 +46,29 @@ pub(crate) enum Done {
     SnapshotBuilt(Result<SnapshotMeta, SnapshotError>),
 }
 
+/// What woke the loop.
+enum Wake {
+    Shutdown,
+    Done(Option<Done>),
+    Event(Option<Event>),
+    Tick,
+}
+
 struct ReadWaiter {
     key: Option<Vec<u8>>,
     reply: Reply<Option<Vec<u8>>>,
 }
 
-pub(crate) struct GroupThread {
+pub(crate) struct GroupLoop {
     pub(crate) core: RaftCore,
     pub(crate) group: GroupId,
     pub(crate) log: Arc<RocksLogStore>,
     pub(crate) snapshots: RocksSnapshotStore,
     pub(crate) applier: Applier,
-    pub(crate) inbox: Receiver<Event>,
-    pub(crate) done_tx: Sender<Done>,
-    pub(crate) done_rx: Receiver<Done>,
+    pub(crate) inbox: mpsc::Receiver<Event>,
+    pub(crate) shutdown: Arc<Notify>,
+    pub(crate) done_tx: mpsc::UnboundedSender<Done>,
+    pub(crate) done_rx: mpsc::UnboundedReceiver<Done>,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) policy: CompactionPolicy,
     pub(crate) chunk_bytes: u64,
@@ -68,25 +81,26 @@ pub(crate) struct GroupThread {
     was_leader: bool,
 }
 
-impl GroupThread {
+impl GroupLoop {
     pub(crate) fn new(
         core: RaftCore,
         log: Arc<RocksLogStore>,
         applier: Applier,
-        inbox: Receiver<Event>,
+        inbox: mpsc::Receiver<Event>,
         transport: Arc<dyn Transport>,
         policy: CompactionPolicy,
         chunk_bytes: u64,
     ) -> Self {
         let group = core.status().group;
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        GroupThread {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        GroupLoop {
             snapshots: RocksSnapshotStore::new(log.clone(), group, chunk_bytes),
             applier,
             core,
             group,
             log,
             inbox,
+            shutdown: Arc::new(Notify::new()),
             done_tx,
             done_rx,
             transport,
@@ -102,27 +116,35 @@ impl GroupThread {
         }
     }
 
+    /// What stops the loop: `notify_one` on it ends [`run`](Self::run).
+    pub(crate) fn shutdown_signal(&self) -> Arc<Notify> {
+        self.shutdown.clone()
+    }
+
     /// Runs until shut down or the inbox closes.
-    pub(crate) fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         // A sole voter need not wait out an election timeout.
         if self.core.membership().voters.len() == 1 {
             self.core.start_election();
         }
+        let shutdown = self.shutdown.clone();
         let mut next_tick = Instant::now() + TICK;
-        'run: loop {
-            self.process_ready();
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            crossbeam_channel::select! {
-                recv(self.done_rx) -> done => {
-                    if let Ok(done) = done {
-                        self.on_done(done);
-                    }
-                }
-                recv(self.inbox) -> event => match event {
-                    Ok(Event::Shutdown) | Err(_) => break 'run,
-                    Ok(event) => self.on_event(event),
-                },
-                default(wait) => {}
+        let tick = tokio::time::sleep_until(next_tick);
+        tokio::pin!(tick);
+        loop {
+            self.process_ready().await;
+            let wake = tokio::select! {
+                biased;
+                _ = shutdown.notified() => Wake::Shutdown,
+                done = self.done_rx.recv() => Wake::Done(done),
+                event = self.inbox.recv() => Wake::Event(event),
+                _ = &mut tick => Wake::Tick,
+            };
+            match wake {
+                Wake::Shutdown | Wake::Event(None) => break,
+                Wake::Done(Some(done)) => self.on_done(done),
+                Wake::Event(Some(event)) => self.on_event(event),
+                Wake::Done(None) | Wake::Tick => {}
             }
             for _ in 0..MAX_EVENTS_PER_ROUND {
                 if let Ok(done) = self.done_rx.try_recv() {
@@ -130,7 +152,6 @@ impl GroupThread {
                     continue;
                 }
                 match self.inbox.try_recv() {
-                    Ok(Event::Shutdown) => break 'run,
                     Ok(event) => self.on_event(event),
                     Err(_) => break,
                 }
@@ -142,16 +163,17 @@ impl GroupThread {
                 if next_tick < Instant::now() {
                     next_tick = Instant::now() + TICK;
                 }
+                tick.as_mut().reset(next_tick);
             }
         }
         self.fail_all(NodeError::Closed);
         // A running snapshot build holds the store: let it finish before
         // the node closes the store under it.
         while self.building {
-            match self.done_rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(Done::SnapshotBuilt(_)) => self.building = false,
-                Ok(_) => {}
-                Err(_) => break,
+            match tokio::time::timeout(Duration::from_secs(60), self.done_rx.recv()).await {
+                Ok(Some(Done::SnapshotBuilt(_))) => self.building = false,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
             }
         }
     }
@@ -179,7 +201,6 @@ impl GroupThread {
                 };
                 let _ = reply.send(status);
             }
-            Event::Shutdown => {}
         }
     }
 
@@ -297,11 +318,11 @@ impl GroupThread {
         }
     }
 
-    fn process_ready(&mut self) {
+    async fn process_ready(&mut self) {
         while self.core.has_ready() {
             let ready = self.core.take_ready();
             if let Some(request) = ready.persist {
-                self.persist(request);
+                self.persist(request).await;
             }
             for msg in ready.messages {
                 self.transport.send(msg);
@@ -337,7 +358,7 @@ impl GroupThread {
         self.was_leader = is_leader;
     }
 
-    fn persist(&mut self, request: PersistRequest) {
+    async fn persist(&mut self, request: PersistRequest) {
         if let Some(why) = &self.fatal {
             debug!(
                 group = self.group,
@@ -346,7 +367,7 @@ impl GroupThread {
             return;
         }
         if !request.stage_chunks.is_empty() || request.install_snapshot.is_some() {
-            if let Err(e) = self.persist_snapshot_part(&request) {
+            if let Err(e) = self.persist_snapshot_part(&request).await {
                 self.poison(format!("snapshot staging or install failed: {e}"));
                 return;
             }
@@ -370,13 +391,16 @@ impl GroupThread {
 
     /// Stages received chunks and installs a complete snapshot, in place on
     /// this thread: both are rare, and everything after them must wait.
-    fn persist_snapshot_part(&mut self, request: &PersistRequest) -> Result<(), SnapshotError> {
+    async fn persist_snapshot_part(
+        &mut self,
+        request: &PersistRequest,
+    ) -> Result<(), SnapshotError> {
         // A build running against the old data would make an older
         // snapshot current after the install; let it finish first.
         while self.building {
-            match self.done_rx.recv() {
-                Ok(done) => self.on_done(done),
-                Err(_) => break,
+            match self.done_rx.recv().await {
+                Some(done) => self.on_done(done),
+                None => break,
             }
         }
         for chunk in &request.stage_chunks {

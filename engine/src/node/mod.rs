@@ -1,8 +1,9 @@
-//! The node runtime: one RocksDB store per node, one thread per Raft group
-//! driving its core, and handles through which callers write and read.
+//! The node runtime: one RocksDB store per node, one loop per Raft group
+//! driving its core (a task on the caller's tokio runtime, or a thread of
+//! its own), and handles through which callers write and read.
 //!
 //! ```text
-//! caller ──Event──▶ group thread ──LogWrite──▶ wal writer thread (group commit, fsync)
+//! caller ──Event──▶ group loop ──LogWrite──▶ wal writer thread (group commit, fsync)
 //!   ▲                 │  ▲                          │
 //!   └──reply──────────┘  └──────Persisted(seq)──────┘
 //!                     │──Message──▶ Transport (QUIC in a cluster, nothing alone)
@@ -23,12 +24,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Sender, TrySendError};
 use flotilla_snapshot::{GroupData, RocksSnapshotStore, SnapshotStore, DEFAULT_CHUNK_BYTES};
 use flotilla_wal::{
     CompactionPolicy, Durability, GroupId, LogStore, Membership, NodeId, RocksLogStore,
 };
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::Sender;
 use tokio::sync::oneshot;
+use tokio::sync::Notify;
 use tracing::debug;
 
 pub use group::TICK;
@@ -36,7 +39,7 @@ pub use request::{GroupStatus, NodeError, ReadConsistency};
 
 use crate::kv::{SessionLimits, WriteReply};
 use crate::node::apply::Applier;
-use crate::node::group::GroupThread;
+use crate::node::group::GroupLoop;
 use crate::node::request::Event;
 use crate::raft::config::Config;
 use crate::raft::core::{RaftCore, RestoreState};
@@ -77,6 +80,13 @@ pub struct NodeOptions {
     pub raft: Config,
     /// When to snapshot and compact a group's log. Default `CompactionPolicy::default()`.
     pub compaction: CompactionPolicy,
+    /// Where the group loops run. `Some(handle)`: as tasks on that tokio
+    /// runtime (a cluster member passes the runtime that drives QUIC, so
+    /// messages reach the core without a thread hand-off; the runtime must
+    /// have time enabled and should have a worker to spare for the
+    /// bounded RocksDB writes of applying). Default `None`: one OS thread
+    /// per group.
+    pub runtime: Option<tokio::runtime::Handle>,
     /// Client session bounds. Default `SessionLimits::default()`.
     pub sessions: SessionLimits,
     /// Events a group's inbox holds before callers get `Overloaded`. Default 16,384.
@@ -98,6 +108,7 @@ impl NodeOptions {
             compaction: CompactionPolicy::default(),
             sessions: SessionLimits::default(),
             inbox_capacity: 16_384,
+            runtime: None,
             snapshot_chunk_bytes: DEFAULT_CHUNK_BYTES,
         }
     }
@@ -145,7 +156,7 @@ impl GroupHandle {
             TrySendError::Full(_) => {
                 NodeError::Overloaded(format!("group {}'s inbox is full", self.group))
             }
-            TrySendError::Disconnected(_) => NodeError::Closed,
+            TrySendError::Closed(_) => NodeError::Closed,
         })
     }
 
@@ -198,7 +209,15 @@ impl GroupHandle {
 pub struct Node {
     id: NodeId,
     groups: BTreeMap<GroupId, GroupHandle>,
-    threads: Vec<JoinHandle<()>>,
+    loops: Vec<RunningLoop>,
+}
+
+/// A started group loop, and how to stop it and wait for its end.
+struct RunningLoop {
+    shutdown: Arc<Notify>,
+    /// Disconnects when the loop's future is dropped, finished or not.
+    finished: std::sync::mpsc::Receiver<()>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Node {
@@ -218,7 +237,7 @@ impl Node {
         let mut node = Node {
             id: options.id,
             groups: BTreeMap::new(),
-            threads: Vec::new(),
+            loops: Vec::new(),
         };
         for &group in &options.groups {
             let data = GroupData::new(log.clone(), group);
@@ -231,8 +250,8 @@ impl Node {
             cfg.group = group;
             let core =
                 RaftCore::new(cfg, restore).map_err(|e| NodeError::Invalid(e.to_string()))?;
-            let (tx, rx) = crossbeam_channel::bounded(options.inbox_capacity);
-            let thread = GroupThread::new(
+            let (tx, rx) = tokio::sync::mpsc::channel(options.inbox_capacity);
+            let group_loop = GroupLoop::new(
                 core,
                 log.clone(),
                 applier,
@@ -241,11 +260,24 @@ impl Node {
                 options.compaction,
                 options.snapshot_chunk_bytes,
             );
-            let handle = std::thread::Builder::new()
-                .name(format!("flotilla-group-{group}"))
-                .spawn(move || thread.run())
-                .map_err(|e| NodeError::Storage(format!("cannot start a group thread: {e}")))?;
-            node.threads.push(handle);
+            let shutdown = group_loop.shutdown_signal();
+            let (finished_tx, finished) = std::sync::mpsc::channel::<()>();
+            let run = async move {
+                let _finished = finished_tx;
+                group_loop.run().await;
+            };
+            let thread = match &options.runtime {
+                Some(runtime) => {
+                    runtime.spawn(run);
+                    None
+                }
+                None => Some(spawn_loop_thread(group, run)?),
+            };
+            node.loops.push(RunningLoop {
+                shutdown,
+                finished,
+                thread,
+            });
             node.groups.insert(group, GroupHandle { group, tx, data });
         }
         Ok(node)
@@ -284,15 +316,33 @@ impl Node {
     }
 
     fn stop(&mut self) {
-        for handle in self.groups.values() {
-            // A full inbox is drained by the thread; a blocking send is fine here.
-            let _ = handle.tx.send(Event::Shutdown);
+        for running in &self.loops {
+            running.shutdown.notify_one();
         }
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
+        for running in self.loops.drain(..) {
+            // Returns once the loop's future is gone (its sender dropped).
+            let _ = running.finished.recv();
+            if let Some(thread) = running.thread {
+                let _ = thread.join();
+            }
         }
         self.groups.clear();
     }
+}
+
+/// Runs a group loop on a thread of its own, on a one-thread runtime.
+fn spawn_loop_thread(
+    group: GroupId,
+    run: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<JoinHandle<()>, NodeError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| NodeError::Storage(format!("cannot start a group runtime: {e}")))?;
+    std::thread::Builder::new()
+        .name(format!("flotilla-group-{group}"))
+        .spawn(move || runtime.block_on(run))
+        .map_err(|e| NodeError::Storage(format!("cannot start a group thread: {e}")))
 }
 
 impl Drop for Node {

@@ -1,4 +1,4 @@
-//! What callers ask of a group thread and what they get back.
+//! What callers ask of a group loop and what they get back.
 
 use flotilla_wal::NodeId;
 use thiserror::Error;
@@ -67,7 +67,7 @@ impl NodeError {
 /// Where an answer goes.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 
-/// The inbox of a group thread.
+/// The inbox of a group loop.
 pub(crate) enum Event {
     /// Propose an encoded [`crate::kv::Command`].
     Write {
@@ -85,8 +85,6 @@ pub(crate) enum Event {
     Message(Message),
     /// The core's state.
     Status(oneshot::Sender<GroupStatus>),
-    /// Stop.
-    Shutdown,
 }
 
 /// A group's state as `Db::status()` shows it.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use flotilla::wal::rocksdb;
-use flotilla::{Db, Durability, ReadConsistency, RemoteClient};
+use flotilla::{AsyncRemoteClient, Db, Durability, ReadConsistency};
 
 use crate::Target;
 
@@ -44,7 +44,7 @@ pub(crate) struct BenchArgs {
     engine: Engine,
     #[arg(long, value_enum, default_value_t = Workload::Put)]
     workload: Workload,
-    /// Concurrent clients (threads).
+    /// Concurrent clients (threads; tasks against a cluster).
     #[arg(long, default_value_t = 1)]
     clients: usize,
     /// Total operations over all clients.
@@ -64,6 +64,26 @@ fn key(i: u64, bytes: usize) -> Vec<u8> {
     key[at..].copy_from_slice(&i.to_be_bytes());
     key.truncate(bytes.max(1));
     key
+}
+
+/// The key a put workload writes: every client its own range.
+fn put_index(client: usize, op: u64, stride: u64) -> u64 {
+    client as u64 * stride + op
+}
+
+/// How many keys a get workload loads first and then reads.
+fn loaded_keys(args: &BenchArgs) -> u64 {
+    (args.ops as u64).clamp(1, 100_000)
+}
+
+/// The key a get workload's loading step writes.
+fn load_index(client: usize, op: u64, clients: usize) -> u64 {
+    op * clients.max(1) as u64 + client as u64
+}
+
+/// The key a get workload reads: spread over the loaded keys.
+fn get_index(client: usize, op: u64, loaded: u64) -> u64 {
+    (client as u64 * 7919 + op * 104_729) % loaded
 }
 
 /// Runs `per_client(client, op)` on `clients` threads, `ops` in all, and
@@ -101,6 +121,109 @@ fn drive(
             Ok(Ok(latencies)) => all.extend(latencies),
             Ok(Err(e)) => failure = failure.or(Some(e)),
             Err(_) => failure = failure.or(Some("a client thread panicked".to_string())),
+        }
+    }
+    progress.finish();
+    match failure {
+        Some(e) => Err(e),
+        None => Ok((started.elapsed(), all)),
+    }
+}
+
+/// The workload against a cluster: each client is a task on one thread
+/// (the load generator shares the machine with the members, so it should
+/// cost as little CPU as it can), all sharing one client's connections.
+fn drive_cluster(
+    args: &BenchArgs,
+    dir: &std::path::Path,
+) -> Result<(Duration, Vec<Duration>), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async {
+        let timeout = Duration::from_secs(args.target.timeout_secs.max(1));
+        let client = Arc::new(
+            AsyncRemoteClient::open(dir, timeout)
+                .await
+                .map_err(|e| format!("cannot use cluster {}: {e}", dir.display()))?,
+        );
+        let value: Arc<[u8]> = vec![b'v'; args.value_bytes].into();
+        let (key_bytes, clients) = (args.key_bytes, args.clients);
+        let put = |index: fn(usize, u64, u64) -> u64, param: u64| {
+            let (client, value) = (client.clone(), value.clone());
+            move |c: usize, op: u64| {
+                let (client, value) = (client.clone(), value.clone());
+                async move {
+                    let k = key(index(c, op, param), key_bytes);
+                    client.put(&k, &value).await.map_err(|e| e.to_string())
+                }
+            }
+        };
+        match args.workload {
+            Workload::Put => {
+                let stride = args.ops as u64 + 1;
+                drive_tasks(clients, args.ops, put(put_index, stride)).await
+            }
+            Workload::Get => {
+                let loaded = loaded_keys(args);
+                let load = |c: usize, op: u64, clients: u64| load_index(c, op, clients as usize);
+                drive_tasks(clients, loaded as usize, put(load, clients as u64)).await?;
+                let consistency: ReadConsistency = args.target.consistency.into();
+                let get = move |c: usize, op: u64| {
+                    let client = client.clone();
+                    async move {
+                        let i = get_index(c, op, loaded);
+                        match client.get(&key(i, key_bytes), consistency).await {
+                            Ok(Some(_)) => Ok(()),
+                            Ok(None) => Err(format!("key {i} is missing")),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                };
+                drive_tasks(clients, args.ops, get).await
+            }
+        }
+    })
+}
+
+/// Runs `work(client, op)` as `clients` tasks, `ops` in all, and returns
+/// each operation's latency.
+async fn drive_tasks<W, F>(
+    clients: usize,
+    ops: usize,
+    work: W,
+) -> Result<(Duration, Vec<Duration>), String>
+where
+    W: Fn(usize, u64) -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let clients = clients.max(1);
+    let started = Instant::now();
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..clients {
+        let (work, done) = (work.clone(), done.clone());
+        let count = ops / clients + usize::from(client < ops % clients);
+        tasks.spawn(async move {
+            let mut latencies = Vec::with_capacity(count);
+            for op in 0..count as u64 {
+                let at = Instant::now();
+                work(client, op).await?;
+                latencies.push(at.elapsed());
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, String>(latencies)
+        });
+    }
+    let progress = show_progress(done, ops);
+    let mut all = Vec::with_capacity(ops);
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(latencies)) => all.extend(latencies),
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(_) => failure = failure.or(Some("a client task panicked".to_string())),
         }
     }
     progress.finish();
@@ -159,22 +282,22 @@ fn workload(args: &BenchArgs, put: PutFn, get: GetFn) -> Result<Work, String> {
     let stride = args.ops as u64 + 1;
     Ok(match args.workload {
         Workload::Put => Arc::new(move |client, op| {
-            put(&key(client as u64 * stride + op, key_bytes), &value).map_err(|e| e.to_string())
+            put(&key(put_index(client, op, stride), key_bytes), &value).map_err(|e| e.to_string())
         }),
         Workload::Get => {
             // Load the keys read, with every client at once.
-            let loaded = (args.ops as u64).clamp(1, 100_000);
-            let clients = args.clients.max(1) as u64;
+            let loaded = loaded_keys(args);
+            let clients = args.clients;
             let load: Work = {
                 let (put, value) = (put.clone(), value.clone());
                 Arc::new(move |client, op| {
-                    put(&key(op * clients + client as u64, key_bytes), &value)
+                    put(&key(load_index(client, op, clients), key_bytes), &value)
                         .map_err(|e| e.to_string())
                 })
             };
             drive(args.clients, loaded as usize, load)?;
             Arc::new(move |client, op| {
-                let i = (client as u64 * 7919 + op * 104_729) % loaded;
+                let i = get_index(client, op, loaded);
                 match get(&key(i, key_bytes)) {
                     Ok(Some(_)) => Ok(()),
                     Ok(None) => Err(format!("key {i} is missing")),
@@ -191,20 +314,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
     let stride = args.ops as u64 + 1;
     let data = args.target.data.clone().unwrap_or_default();
     let (elapsed, mut latencies) = match (args.engine, &args.target.cluster) {
-        (Engine::Flotilla, Some(dir)) => {
-            let client = Arc::new(
-                RemoteClient::open(dir, Duration::from_secs(args.target.timeout_secs.max(1)))
-                    .map_err(|e| format!("cannot use cluster {}: {e}", dir.display()))?,
-            );
-            let consistency: ReadConsistency = args.target.consistency.into();
-            let (c1, c2) = (client.clone(), client);
-            let work = workload(
-                &args,
-                Arc::new(move |k, v| c1.put(k, v)),
-                Arc::new(move |k| c2.get(k, consistency)),
-            )?;
-            drive(args.clients, args.ops, work)?
-        }
+        (Engine::Flotilla, Some(dir)) => drive_cluster(&args, dir)?,
         (Engine::Rocksdb, Some(_)) => {
             return Err("the rocksdb baseline runs on a local directory (--data)".into())
         }
