@@ -86,6 +86,47 @@ fn buffered_and_none_durability_still_read_back() {
 }
 
 #[test]
+fn writes_made_on_the_calling_thread_are_checked_and_durable_like_submitted_ones() {
+    for durability in [
+        Durability::Sync,
+        Durability::Buffered {
+            max_delay: std::time::Duration::from_millis(2),
+        },
+        Durability::None,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksLogStore::open(dir.path(), durability).unwrap();
+        store
+            .write_now(append(1, (1..=3).map(|i| entry(i, 2, 50)).collect()))
+            .unwrap();
+        // Inline and queued writes of one group stay in step.
+        store.write(append(1, vec![entry(4, 2, 50)])).unwrap();
+        store.write_now(append(1, vec![entry(5, 2, 50)])).unwrap();
+        // A gap is refused before a byte is written, as through the writer.
+        assert!(
+            matches!(
+                store.write_now(append(1, vec![entry(9, 2, 50)])),
+                Err(StorageError::NonContiguous {
+                    first: 9,
+                    last: 5,
+                    ..
+                })
+            ),
+            "{durability:?}"
+        );
+        assert_eq!(store.last_index(1).unwrap(), 5, "{durability:?}");
+        store.close();
+        if durability == Durability::Sync {
+            let store = RocksLogStore::open(dir.path(), durability).unwrap();
+            assert_eq!(
+                store.entries(1, 1, 5, u64::MAX).unwrap(),
+                (1..=5).map(|i| entry(i, 2, 50)).collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+#[test]
 fn refuses_a_directory_that_is_not_a_store() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();

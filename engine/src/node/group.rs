@@ -72,6 +72,9 @@ pub(crate) struct GroupLoop {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) policy: CompactionPolicy,
     pub(crate) chunk_bytes: u64,
+    /// Write the log on this loop's own thread instead of handing it to the
+    /// writer thread (see [`GroupLoop::write_log_inline`]).
+    write_log_inline: bool,
     pending_writes: BTreeMap<Index, (Term, Reply<WriteReply>)>,
     confirming_reads: HashMap<u64, Vec<ReadWaiter>>,
     ready_reads: Vec<(Index, ReadWaiter)>,
@@ -106,6 +109,7 @@ impl GroupLoop {
             transport,
             policy,
             chunk_bytes,
+            write_log_inline: false,
             pending_writes: BTreeMap::new(),
             confirming_reads: HashMap::new(),
             ready_reads: Vec::new(),
@@ -114,6 +118,16 @@ impl GroupLoop {
             fatal: None,
             was_leader: false,
         }
+    }
+
+    /// Makes the loop write its log itself, waiting for each fsync, rather
+    /// than through the writer thread: for a loop on a thread of its own,
+    /// where waiting blocks nobody else and saves the two thread hand-offs
+    /// per write. Writes that arrive during the fsync queue in the inbox and
+    /// go out together in the next round, so batching is kept.
+    pub(crate) fn write_log_inline(mut self) -> Self {
+        self.write_log_inline = true;
+        self
     }
 
     /// What stops the loop: `notify_one` on it ends [`run`](Self::run).
@@ -379,8 +393,15 @@ impl GroupLoop {
             entries: request.entries,
             hard_state: request.hard_state,
         };
-        let done = self.done_tx.clone();
         let seq = request.seq;
+        if self.write_log_inline {
+            match self.log.write_now(vec![write]) {
+                Ok(()) => self.core.on_persisted(seq),
+                Err(e) => self.poison(format!("a log write failed: {e}")),
+            }
+            return;
+        }
+        let done = self.done_tx.clone();
         self.log.submit(
             vec![write],
             Box::new(move |result| {

@@ -260,6 +260,13 @@ impl Node {
                 options.compaction,
                 options.snapshot_chunk_bytes,
             );
+            // A loop with a thread of its own may wait for its fsyncs; one
+            // on a shared runtime must not.
+            let group_loop = if options.runtime.is_none() {
+                group_loop.write_log_inline()
+            } else {
+                group_loop
+            };
             let shutdown = group_loop.shutdown_signal();
             let (finished_tx, finished) = std::sync::mpsc::channel::<()>();
             let run = async move {

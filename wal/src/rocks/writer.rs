@@ -74,6 +74,32 @@ struct Writer {
     shared: Arc<Shared>,
 }
 
+/// Commits `writes` on the calling thread, exactly as the writer thread
+/// would commit a batch holding them alone; returns once they are durable.
+pub(crate) fn commit_now(
+    db: &Arc<DB>,
+    durability: Durability,
+    shared: &Arc<Shared>,
+    writes: Vec<LogWrite>,
+) -> Result<(), StorageError> {
+    let writer = Writer {
+        db: Arc::clone(db),
+        durability,
+        shared: Arc::clone(shared),
+    };
+    crate::store::wait_for(|done| {
+        let mut batch = vec![WriteRequest {
+            writes,
+            extra: Extra::None,
+            done,
+        }];
+        let result = writer.commit(&mut batch);
+        for request in batch {
+            (request.done)(result.clone());
+        }
+    })
+}
+
 impl Writer {
     fn run(self, rx: Receiver<WriteRequest>) {
         let mut last_sync = Instant::now();
