@@ -11,6 +11,7 @@ use flotilla_wal::{CompactionPolicy, Durability};
 
 use crate::db::Db;
 use crate::error::{Error, Result};
+use crate::mapreduce::{fixed, Job, JobFactory, JobRegistry};
 
 /// Largest key any setting allows: 64 KiB.
 pub const MAX_KEY_BYTES: usize = 64 << 10;
@@ -51,6 +52,7 @@ pub struct DbBuilder {
     pub(crate) listen: Option<SocketAddr>,
     pub(crate) peers: BTreeMap<u64, SocketAddr>,
     pub(crate) tls: Option<ClusterTls>,
+    pub(crate) jobs: JobRegistry,
 }
 
 impl DbBuilder {
@@ -69,7 +71,23 @@ impl DbBuilder {
             listen: None,
             peers: BTreeMap::new(),
             tls: None,
+            jobs: JobRegistry::default(),
         }
+    }
+
+    /// Registers a MapReduce job under `name` (every member of a cluster
+    /// runs the same binary and registers the same jobs). The built-ins
+    /// `wc`, `index`, `grep` and `sort` are always there; a name given
+    /// again replaces the earlier job.
+    pub fn job(mut self, name: impl Into<String>, job: impl Job + 'static) -> Self {
+        self.jobs.0.insert(name.into(), fixed(job));
+        self
+    }
+
+    /// Registers a MapReduce job built from the argument it is run with.
+    pub fn job_factory(mut self, name: impl Into<String>, factory: JobFactory) -> Self {
+        self.jobs.0.insert(name.into(), factory);
+        self
     }
 
     /// This node's id in its cluster (1 or more). Default 1.

@@ -196,6 +196,51 @@ impl Db {
         self.block(self.asynchronous().put(key, value))
     }
 
+    /// Puts every pair, all in flight at once so the log writes them with
+    /// shared fsyncs. Not atomic: each pair is its own write, and the first
+    /// error is returned once all have ended.
+    pub fn put_all(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+        let db = self.asynchronous();
+        self.block(async move {
+            let mut writes = tokio::task::JoinSet::new();
+            for (key, value) in pairs {
+                let db = db.clone();
+                writes.spawn(async move { db.put(key, value).await });
+            }
+            let mut first_error = None;
+            while let Some(done) = writes.join_next().await {
+                let outcome = done.unwrap_or_else(|e| Err(Error::Storage(e.to_string())));
+                if let Err(e) = outcome {
+                    first_error.get_or_insert(e);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })
+    }
+
+    /// The applied data of the store's group (streaming reads for jobs).
+    pub(crate) fn group_data(&self) -> &flotilla_snapshot::GroupData {
+        self.inner.group.data()
+    }
+
+    /// True for a member of a cluster.
+    pub(crate) fn is_cluster_member(&self) -> bool {
+        self.inner.member.is_some()
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &std::path::Path {
+        &self.inner.settings.path
+    }
+
+    pub(crate) fn job_factory(&self, name: &str) -> Option<crate::mapreduce::JobFactory> {
+        self.inner.settings.jobs.0.get(name).cloned()
+    }
+
+    pub(crate) fn job_names(&self) -> Vec<String> {
+        self.inner.settings.jobs.0.keys().cloned().collect()
+    }
+
     /// Appends `value` to `key`'s value (an absent key counts as empty).
     pub fn append(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
         self.block(self.asynchronous().append(key, value))

@@ -23,6 +23,7 @@ mod builder;
 mod cluster;
 mod db;
 mod error;
+mod mapreduce;
 mod scan;
 
 pub use builder::{ClusterTls, DbBuilder, MAX_KEY_BYTES, MAX_VALUE_BYTES};
@@ -36,7 +37,13 @@ pub use db::{AsyncDb, CasOutcome, Db, Status};
 pub use error::{Error, Result};
 pub use flotilla_engine::node::{GroupStatus, ReadConsistency};
 pub use flotilla_wal::{CompactionPolicy, Durability};
+pub use mapreduce::{
+    Job, JobFactory, JobHandle, MapReduceSpec, Progress, Report, JOB_STATUS_PREFIX,
+};
 pub use scan::{Pair, ScanRange};
+
+/// The MapReduce runner, its built-in jobs and building blocks.
+pub use flotilla_mapreduce as mr;
 
 pub use flotilla_engine as engine;
 pub use flotilla_snapshot as snapshot;

@@ -189,3 +189,37 @@ fn flotilla_cluster(args: &[&str], cluster: &Path) -> Output {
         .output()
         .expect("run flotilla")
 }
+
+#[test]
+fn import_then_word_count_then_scan_the_result() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("store");
+    let a = dir.path().join("a.txt");
+    let b = dir.path().join("b.txt");
+    std::fs::write(&a, "the cat, the hat\n").expect("write");
+    std::fs::write(&b, "The café 42 cat").expect("write");
+    let (a, b) = (a.to_string_lossy(), b.to_string_lossy());
+    let import = flotilla(&["import", &a, &b, "--prefix", "docs/"], &data);
+    assert!(import.status.success(), "{import:?}");
+    assert_eq!(
+        flotilla(&["get", "docs/b.txt"], &data).stdout,
+        b"The caf\xc3\xa9 42 cat\n"
+    );
+    let run = &[
+        "mr", "run", "wc", "--input", "docs/", "--output", "wc/", "--reduce", "3",
+    ];
+    let ran = flotilla(run, &data);
+    assert!(ran.status.success(), "{ran:?}");
+    assert!(String::from_utf8_lossy(&ran.stdout).contains("committed_pairs=5"));
+    let scan = flotilla(&["scan", "wc/"], &data);
+    assert_eq!(
+        String::from_utf8_lossy(&scan.stdout),
+        "wc/The\t1\nwc/caf\u{e9}\t1\nwc/cat\t2\nwc/hat\t1\nwc/the\t2\n"
+    );
+    let status = flotilla(&["mr", "status"], &data);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("\tcommitted job wc"));
+    // The output prefix now holds data: a second run is refused.
+    let again = flotilla(run, &data);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+}

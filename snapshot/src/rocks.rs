@@ -125,6 +125,27 @@ impl GroupData {
     /// Pairs with keys in `start..end` (group-data keys without the group
     /// prefix; an empty `end` means no upper bound), at most `limit` of them.
     pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Pair>, SnapshotError> {
+        let mut out = Vec::new();
+        self.visit(start, end, &mut |key, value| {
+            if out.len() >= limit {
+                return false;
+            }
+            out.push((key.to_vec(), value.to_vec()));
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `visit` on the pairs with keys in `start..end` (as
+    /// [`scan`](Self::scan)) in key order, all read by one iterator, so at
+    /// one consistent point, without holding them in memory; stops when
+    /// `visit` returns false.
+    pub fn visit(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), SnapshotError> {
         let db = self.log.db();
         let from = keys::data_key(self.group, start);
         let (_, group_end) = keys::data_range(self.group);
@@ -135,19 +156,17 @@ impl GroupData {
         };
         let mut options = ReadOptions::default();
         options.set_iterate_upper_bound(to);
-        let mut out = Vec::new();
         for item in db.iterator_cf_opt(
             cf(db, DATA_CF)?,
             options,
             IteratorMode::From(&from, Direction::Forward),
         ) {
-            if out.len() >= limit {
+            let (key, value) = item.map_err(engine)?;
+            if !visit(&key[8..], &value) {
                 break;
             }
-            let (key, value) = item.map_err(engine)?;
-            out.push((key[8..].to_vec(), value.to_vec()));
         }
-        Ok(out)
+        Ok(())
     }
 
     /// What the group has applied (default if nothing yet).

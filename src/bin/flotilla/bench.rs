@@ -233,8 +233,8 @@ where
     }
 }
 
-/// A progress line on stderr (only when it is a terminal), redrawn twice a
-/// second until [`Progress::finish`].
+/// A progress bar on stderr (only when it is a terminal), redrawn five
+/// times a second until [`Progress::finish`].
 struct Progress {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -245,14 +245,18 @@ fn show_progress(done: Arc<AtomicUsize>, total: usize) -> Progress {
     let thread = std::io::stderr().is_terminal().then(|| {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let started = Instant::now();
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:30}] {pos}/{len} ops {per_sec}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
             while !stop.load(Ordering::Relaxed) {
-                let n = done.load(Ordering::Relaxed);
-                let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                eprint!("\r{n}/{total} ops, {rate:.0} ops/s   ");
-                std::thread::sleep(Duration::from_millis(500));
+                bar.set_position(done.load(Ordering::Relaxed) as u64);
+                std::thread::sleep(Duration::from_millis(200));
             }
-            eprint!("\r{:60}\r", "");
+            bar.finish_and_clear();
         })
     });
     Progress { stop, thread }

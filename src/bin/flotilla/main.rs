@@ -7,6 +7,7 @@
 
 mod bench;
 mod escape;
+mod mr;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -134,6 +135,11 @@ enum Command {
     },
     /// Measure put or get throughput and latency.
     Bench(bench::BenchArgs),
+    /// Store files, each under a prefix followed by its name.
+    Import(mr::ImportArgs),
+    /// Run MapReduce jobs over the store.
+    #[command(subcommand)]
+    Mr(mr::MrCommand),
     /// Set up a local cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -376,6 +382,8 @@ fn run(command: Command) -> Result<ExitCode, String> {
             }
         }
         Command::Bench(args) => bench::run(args)?,
+        Command::Import(args) => mr::import(args)?,
+        Command::Mr(command) => mr::run(command)?,
         Command::Cluster(ClusterCommand::Init { nodes, dir }) => {
             flotilla::init_cluster(nodes, &dir).map_err(failed)?;
             println!("wrote a {nodes}-node cluster to {}", dir.display());

@@ -1,0 +1,556 @@
+//! Running a job with worker threads in this process: a supervisor thread
+//! owns the [`Coordinator`], workers pull tasks from it, a worker whose job
+//! code panics is gone (as a crashed process would be) and a fresh one
+//! takes its place, and the output is committed only once every task is
+//! done.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use crate::coordinator::{Assignment, Coordinator, TaskId, TaskKind};
+use crate::error::{io, MapReduceError};
+use crate::job::Job;
+use crate::merge::Merge;
+use crate::run_file::{map_run_name, reduce_output_name, RunReader, RunWriter};
+use crate::store::{Split, Store};
+
+/// A map task spills its sorted buffers to disk past this many bytes.
+const MAP_BUFFER_BYTES: usize = 32 << 20;
+/// Output pairs per store write at commit.
+const COMMIT_BATCH_PAIRS: usize = 512;
+/// How often the supervisor reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// What to run.
+#[derive(Clone)]
+pub struct JobSpec {
+    /// The job's unique id: names its files and its status record.
+    pub id: String,
+    /// The job's code.
+    pub job: Arc<dyn Job>,
+    /// Input user keys `input_start..input_end` (empty end: no bound).
+    pub input_start: Vec<u8>,
+    /// See `input_start`.
+    pub input_end: Vec<u8>,
+    /// Every output key is this prefix followed by the key reduce emitted.
+    pub output_prefix: Vec<u8>,
+    /// Reduce tasks (partitions), at least 1.
+    pub reduce_tasks: u32,
+    /// Worker threads, at least 1.
+    pub workers: usize,
+    /// A task not completed within this is handed to another worker.
+    pub task_timeout: Duration,
+    /// Directory for intermediate files (a job directory is made inside).
+    pub work_dir: PathBuf,
+    /// Clear a non-empty output prefix instead of refusing the job.
+    pub replace: bool,
+}
+
+/// How far a job got.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Map tasks completed.
+    pub maps_done: u64,
+    /// Map tasks in all.
+    pub maps_total: u64,
+    /// Reduce tasks completed.
+    pub reduces_done: u64,
+    /// Reduce tasks in all.
+    pub reduces_total: u64,
+    /// Input pairs read (by every attempt).
+    pub records_in: u64,
+    /// Input bytes read (keys and values).
+    pub bytes_in: u64,
+    /// Output pairs written by reduce attempts.
+    pub records_out: u64,
+    /// Output bytes written by reduce attempts.
+    pub bytes_out: u64,
+}
+
+/// The end of a committed job.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The final counters.
+    pub progress: Progress,
+    /// Output pairs committed to the store.
+    pub committed_pairs: u64,
+    /// Tasks handed out, re-issues included (equals maps + reduces when
+    /// nothing failed).
+    pub task_runs: u64,
+    /// Workers that crashed and were replaced.
+    pub crashed_workers: u64,
+    /// Wall time from start to commit.
+    pub elapsed: Duration,
+}
+
+#[derive(Default)]
+struct Counters {
+    records_in: AtomicU64,
+    bytes_in: AtomicU64,
+    records_out: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+struct Shared {
+    spec: JobSpec,
+    store: Arc<dyn Store>,
+    splits: Vec<Split>,
+    dir: PathBuf,
+    coordinator: Mutex<Coordinator>,
+    wake: Condvar,
+    started: Instant,
+    counters: Counters,
+    fatal: Mutex<Option<MapReduceError>>,
+}
+
+enum WorkerEnd {
+    /// Every task is done.
+    Finished,
+    /// The job code panicked: this worker is gone.
+    Crashed,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn coordinator(&self) -> std::sync::MutexGuard<'_, Coordinator> {
+        self.coordinator.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn failed(&self) -> bool {
+        self.fatal.lock().map(|f| f.is_some()).unwrap_or(true)
+    }
+
+    fn fail(&self, e: MapReduceError) {
+        if let Ok(mut fatal) = self.fatal.lock() {
+            fatal.get_or_insert(e);
+        }
+        self.wake.notify_all();
+    }
+
+    fn progress(&self) -> Progress {
+        let c = self.coordinator();
+        Progress {
+            maps_done: c.maps_done() as u64,
+            maps_total: c.map_count() as u64,
+            reduces_done: c.reduces_done() as u64,
+            reduces_total: c.reduce_count() as u64,
+            records_in: self.counters.records_in.load(Ordering::Relaxed),
+            bytes_in: self.counters.bytes_in.load(Ordering::Relaxed),
+            records_out: self.counters.records_out.load(Ordering::Relaxed),
+            bytes_out: self.counters.bytes_out.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Runs `spec` over `store` and commits its output; `progress` is called
+/// now and then with the counters. Returns once the output is committed
+/// and every worker has exited; on failure the output prefix is cleared.
+pub fn run_local(
+    store: Arc<dyn Store>,
+    spec: JobSpec,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Report, MapReduceError> {
+    validate(&spec)?;
+    if !store
+        .is_prefix_empty(&spec.output_prefix)
+        .map_err(MapReduceError::Store)?
+    {
+        if !spec.replace {
+            return Err(MapReduceError::OutputNotEmpty {
+                prefix: String::from_utf8_lossy(&spec.output_prefix).into_owned(),
+            });
+        }
+        store
+            .delete_prefix(&spec.output_prefix)
+            .map_err(MapReduceError::Store)?;
+    }
+    let splits = store
+        .splits(&spec.input_start, &spec.input_end)
+        .map_err(MapReduceError::Store)?;
+    let dir = spec.work_dir.join(format!("mr-{}", spec.id));
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let shared = Arc::new(Shared {
+        coordinator: Mutex::new(Coordinator::new(
+            splits.len() as u32,
+            spec.reduce_tasks,
+            spec.task_timeout.as_millis() as u64,
+        )),
+        splits,
+        store: store.clone(),
+        dir: dir.clone(),
+        wake: Condvar::new(),
+        started: Instant::now(),
+        counters: Counters::default(),
+        fatal: Mutex::new(None),
+        spec,
+    });
+    let result = supervise(&shared, progress).and_then(|crashed| commit(&shared, crashed));
+    // Every worker has exited: nothing writes in the job directory any more.
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        warn!(dir = %dir.display(), "cannot remove a job's intermediate files: {e}");
+    }
+    if result.is_err() {
+        if let Err(e) = store.delete_prefix(&shared.spec.output_prefix) {
+            warn!("cannot clear the output of a failed job: {e}");
+        }
+    }
+    result
+}
+
+fn validate(spec: &JobSpec) -> Result<(), MapReduceError> {
+    if spec.reduce_tasks == 0 || spec.workers == 0 || spec.task_timeout.is_zero() {
+        return Err(MapReduceError::Invalid(
+            "a job needs at least one reduce task, one worker and a task timeout above zero".into(),
+        ));
+    }
+    if spec.id.is_empty()
+        || !spec
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(MapReduceError::Invalid(format!(
+            "job id {:?}: use letters, digits and '-'",
+            spec.id
+        )));
+    }
+    if spec.output_prefix.is_empty() {
+        return Err(MapReduceError::Invalid(
+            "an empty output prefix would overwrite the whole store".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Starts the workers, replaces crashed ones, reports progress, and returns
+/// the number of crashes once every worker has exited.
+fn supervise(
+    shared: &Arc<Shared>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<u64, MapReduceError> {
+    let (ended_tx, ended_rx) = mpsc::channel();
+    let mut next_worker = 0u64;
+    let mut start = |threads: &mut Vec<std::thread::JoinHandle<()>>| {
+        next_worker += 1;
+        let (shared, ended) = (shared.clone(), ended_tx.clone());
+        let worker = next_worker;
+        let spawned = std::thread::Builder::new()
+            .name(format!("flotilla-mr-worker-{worker}"))
+            .spawn(move || {
+                let end = work(&shared, worker);
+                let _ = ended.send(end);
+            });
+        match spawned {
+            Ok(handle) => {
+                threads.push(handle);
+                Ok(())
+            }
+            Err(e) => Err(MapReduceError::Invalid(format!(
+                "cannot start a worker thread: {e}"
+            ))),
+        }
+    };
+    let mut threads = Vec::new();
+    for _ in 0..shared.spec.workers {
+        start(&mut threads)?;
+    }
+    let mut live = shared.spec.workers;
+    let mut crashed = 0u64;
+    while live > 0 {
+        match ended_rx.recv_timeout(PROGRESS_EVERY) {
+            Ok(WorkerEnd::Finished) => live -= 1,
+            Ok(WorkerEnd::Crashed) => {
+                crashed += 1;
+                if shared.failed() {
+                    live -= 1;
+                } else {
+                    start(&mut threads)?;
+                }
+            }
+            Err(_) => {}
+        }
+        progress(&shared.progress());
+    }
+    for thread in threads {
+        let _ = thread.join();
+    }
+    progress(&shared.progress());
+    match shared.fatal.lock().ok().and_then(|mut f| f.take()) {
+        Some(e) => Err(e),
+        None => Ok(crashed),
+    }
+}
+
+/// One worker: ask, run, report, until the job is done or failed.
+fn work(shared: &Shared, worker: u64) -> WorkerEnd {
+    loop {
+        if shared.failed() {
+            return WorkerEnd::Finished;
+        }
+        let assignment = shared.coordinator().request(worker, shared.now_ms());
+        let task = match assignment {
+            Assignment::Done => {
+                shared.wake.notify_all();
+                return WorkerEnd::Finished;
+            }
+            Assignment::Wait => {
+                // Woken when a task completes; the timeout re-checks for
+                // tasks whose worker went silent.
+                let guard = shared.coordinator();
+                let _ = shared.wake.wait_timeout(guard, Duration::from_millis(50));
+                continue;
+            }
+            Assignment::Run(task) => task,
+        };
+        debug!(job = shared.spec.id, worker, ?task, "running");
+        match catch_unwind(AssertUnwindSafe(|| run_task(shared, worker, task))) {
+            Ok(Ok(())) => {
+                shared.coordinator().complete(task);
+                shared.wake.notify_all();
+            }
+            Ok(Err(e)) => {
+                warn!(job = shared.spec.id, ?task, "task failed: {e}");
+                shared.fail(e);
+                return WorkerEnd::Finished;
+            }
+            Err(_) => {
+                // As a crashed process: the coordinator is not told, and
+                // hands the task out again once it times out.
+                warn!(job = shared.spec.id, worker, ?task, "worker crashed");
+                return WorkerEnd::Crashed;
+            }
+        }
+    }
+}
+
+fn run_task(shared: &Shared, worker: u64, task: TaskId) -> Result<(), MapReduceError> {
+    match task.kind {
+        TaskKind::Map => run_map(shared, worker, task.index),
+        TaskKind::Reduce => run_reduce(shared, task.index),
+    }
+}
+
+/// One partition's buffered map output.
+type Bucket = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn run_map(shared: &Shared, worker: u64, map: u32) -> Result<(), MapReduceError> {
+    let spec = &shared.spec;
+    let partitions = spec.reduce_tasks;
+    let mut buckets: Vec<Bucket> = vec![Vec::new(); partitions as usize];
+    let mut buffered = 0usize;
+    let mut spills: Vec<Vec<PathBuf>> = vec![Vec::new(); partitions as usize];
+    let mut spill_error = None;
+    let split = &shared.splits[map as usize];
+    shared
+        .store
+        .read_split(split, &mut |key, value| {
+            if spill_error.is_some() {
+                return;
+            }
+            shared.counters.records_in.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .bytes_in
+                .fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
+            spec.job.map(key, value, &mut |k, v| {
+                let p = spec.job.partition(k, partitions).min(partitions - 1) as usize;
+                buffered += k.len() + v.len() + 48;
+                buckets[p].push((k.to_vec(), v.to_vec()));
+            });
+            if buffered > MAP_BUFFER_BYTES {
+                let n = spills.first().map_or(0, Vec::len);
+                if let Err(e) = spill(shared, worker, map, n, &mut buckets, &mut spills) {
+                    spill_error = Some(e);
+                }
+                buffered = 0;
+            }
+        })
+        .map_err(MapReduceError::Store)?;
+    if let Some(e) = spill_error {
+        return Err(e);
+    }
+    for (reduce, bucket) in buckets.iter_mut().enumerate() {
+        let path = shared.dir.join(map_run_name(&spec.id, map, reduce as u32));
+        let mut out = RunWriter::create(&path)?;
+        if spills[reduce].is_empty() {
+            write_combined(spec.job.as_ref(), sorted(bucket), &mut out)?;
+        } else {
+            // Spilled before: the last buffer is one more run to merge.
+            let n = spills[reduce].len();
+            let last = spill_path(shared, worker, map, reduce as u32, n);
+            let mut w = RunWriter::create(&last)?;
+            write_combined(spec.job.as_ref(), sorted(bucket), &mut w)?;
+            w.finish()?;
+            spills[reduce].push(last);
+            let readers = spills[reduce]
+                .iter()
+                .map(|p| RunReader::open(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut merge = Merge::new(readers)?;
+            let mut result = Ok(());
+            merge.for_each_group(|key, values| {
+                if result.is_ok() {
+                    result = combine_group(spec.job.as_ref(), key, values, &mut out);
+                }
+            })?;
+            result?;
+            for p in &spills[reduce] {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        out.finish()?;
+    }
+    Ok(())
+}
+
+fn spill_path(shared: &Shared, worker: u64, map: u32, reduce: u32, n: usize) -> PathBuf {
+    shared.dir.join(format!(
+        "{}.spill-w{worker}-{n}",
+        map_run_name(&shared.spec.id, map, reduce)
+    ))
+}
+
+/// Writes every bucket as a sorted, combined spill run and empties it.
+fn spill(
+    shared: &Shared,
+    worker: u64,
+    map: u32,
+    n: usize,
+    buckets: &mut [Bucket],
+    spills: &mut [Vec<PathBuf>],
+) -> Result<(), MapReduceError> {
+    for (reduce, bucket) in buckets.iter_mut().enumerate() {
+        let path = spill_path(shared, worker, map, reduce as u32, n);
+        let mut w = RunWriter::create(&path)?;
+        write_combined(shared.spec.job.as_ref(), sorted(bucket), &mut w)?;
+        w.finish()?;
+        spills[reduce].push(path);
+    }
+    Ok(())
+}
+
+fn sorted(bucket: &mut Bucket) -> Bucket {
+    let mut records = std::mem::take(bucket);
+    // Stable: a key's values keep their emit order.
+    records.sort_by(|a, b| a.0.cmp(&b.0));
+    records
+}
+
+/// Writes sorted `records`, through the combiner if the job has one.
+fn write_combined(
+    job: &dyn Job,
+    records: Bucket,
+    out: &mut RunWriter,
+) -> Result<(), MapReduceError> {
+    if !job.has_combiner() {
+        for (k, v) in &records {
+            out.push(k, v)?;
+        }
+        return Ok(());
+    }
+    let mut records = records.into_iter().peekable();
+    while let Some((key, first)) = records.next() {
+        let mut rest = std::iter::from_fn(|| records.next_if(|(k, _)| *k == key).map(|(_, v)| v));
+        let mut values = std::iter::once(first).chain(&mut rest);
+        combine_group(job, &key, &mut values, out)?;
+        for _ in rest.by_ref() {}
+    }
+    Ok(())
+}
+
+fn combine_group(
+    job: &dyn Job,
+    key: &[u8],
+    values: &mut dyn Iterator<Item = Vec<u8>>,
+    out: &mut RunWriter,
+) -> Result<(), MapReduceError> {
+    if !job.has_combiner() {
+        for v in values {
+            out.push(key, &v)?;
+        }
+        return Ok(());
+    }
+    let mut result = Ok(());
+    job.combine(key, values, &mut |k, v| {
+        if result.is_ok() {
+            result = out.push(k, v);
+        }
+    });
+    result
+}
+
+fn run_reduce(shared: &Shared, reduce: u32) -> Result<(), MapReduceError> {
+    let spec = &shared.spec;
+    let maps = shared.splits.len() as u32;
+    let readers = (0..maps)
+        .map(|map| RunReader::open(&shared.dir.join(map_run_name(&spec.id, map, reduce))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let path = shared.dir.join(reduce_output_name(&spec.id, reduce));
+    let mut out = RunWriter::create(&path)?;
+    let mut merge = Merge::new(readers)?;
+    let mut result = Ok(());
+    merge.for_each_group(|key, values| {
+        spec.job.reduce(key, values, &mut |k, v| {
+            if result.is_ok() {
+                let mut full = spec.output_prefix.clone();
+                full.extend_from_slice(k);
+                shared.counters.records_out.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .bytes_out
+                    .fetch_add((full.len() + v.len()) as u64, Ordering::Relaxed);
+                result = out.push(&full, v);
+            }
+        });
+    })?;
+    result?;
+    out.finish()
+}
+
+/// Writes every reduce output into the store.
+fn commit(shared: &Shared, crashed_workers: u64) -> Result<Report, MapReduceError> {
+    let spec = &shared.spec;
+    let mut committed = 0u64;
+    for reduce in 0..spec.reduce_tasks {
+        let path = shared.dir.join(reduce_output_name(&spec.id, reduce));
+        committed += commit_file(shared.store.as_ref(), &path)?;
+    }
+    let coordinator = shared.coordinator();
+    Ok(Report {
+        progress: Progress::default(),
+        committed_pairs: committed,
+        task_runs: coordinator.assignments(),
+        crashed_workers,
+        elapsed: shared.started.elapsed(),
+    })
+    .map(|mut report| {
+        drop(coordinator);
+        report.progress = shared.progress();
+        report
+    })
+}
+
+fn commit_file(store: &dyn Store, path: &Path) -> Result<u64, MapReduceError> {
+    let mut reader = RunReader::open(path)?;
+    let mut batch = Vec::with_capacity(COMMIT_BATCH_PAIRS);
+    let mut count = 0u64;
+    while let Some(pair) = reader.next_record()? {
+        batch.push(pair);
+        if batch.len() == COMMIT_BATCH_PAIRS {
+            store.put_all(&batch).map_err(MapReduceError::Store)?;
+            count += batch.len() as u64;
+            batch.clear();
+        }
+    }
+    store.put_all(&batch).map_err(MapReduceError::Store)?;
+    Ok(count + batch.len() as u64)
+}

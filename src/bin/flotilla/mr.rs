@@ -1,0 +1,246 @@
+//! `flotilla import` and `flotilla mr run|status`: load files into the
+//! store, run MapReduce jobs over what it holds.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use flotilla::{Db, MapReduceSpec, ScanRange};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::Target;
+
+/// A file larger than this is stored in parts `NAME/part-00000`, ...,
+/// split at whitespace so no word is cut in two.
+const IMPORT_PART_BYTES: usize = 1_000_000;
+/// Pairs written at once by `import`.
+const IMPORT_BATCH: usize = 64;
+
+/// Settings of `flotilla import`.
+#[derive(Args)]
+pub(crate) struct ImportArgs {
+    /// Files to store, each under PREFIX followed by its file name.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Key prefix for the files.
+    #[arg(long, default_value = "")]
+    prefix: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// `flotilla mr ...`.
+#[derive(Subcommand)]
+pub(crate) enum MrCommand {
+    /// Run a job and print its report.
+    Run(RunArgs),
+    /// List the jobs and their status.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Settings of `flotilla mr run`.
+#[derive(Args)]
+pub(crate) struct RunArgs {
+    /// The job: wc, index, grep (give the pattern with --arg) or sort.
+    job: String,
+    /// Input key prefix.
+    #[arg(long)]
+    input: String,
+    /// Output key prefix.
+    #[arg(long)]
+    output: String,
+    /// Reduce tasks.
+    #[arg(long = "reduce", default_value_t = 10)]
+    reduce_tasks: u32,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Give a task to another worker after this many seconds.
+    #[arg(long, default_value_t = 10)]
+    task_timeout_secs: u64,
+    /// The job's argument (grep's pattern).
+    #[arg(long, default_value = "")]
+    arg: String,
+    /// Clear a non-empty output prefix first instead of refusing.
+    #[arg(long)]
+    replace: bool,
+    #[command(flatten)]
+    target: Target,
+}
+
+fn open_local(target: &Target) -> Result<Db, String> {
+    if target.cluster.is_some() {
+        return Err("import and mr work on an embedded store (--data) for now; MapReduce over a cluster is not built yet".into());
+    }
+    let Some(data) = &target.data else {
+        return Err("give --data PATH".into());
+    };
+    Db::builder(data)
+        .request_timeout(Duration::from_secs(target.timeout_secs.max(1)))
+        .open()
+        .map_err(|e| format!("cannot open {}: {e}", data.display()))
+}
+
+fn bar(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {what} {{msg}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Splits `text` into parts of at most `max` bytes, each ending after
+/// whitespace where there is any (else at a character boundary).
+fn parts(text: &[u8], max: usize) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while rest.len() > max {
+        let window = &rest[..max];
+        let mut cut = window
+            .iter()
+            .rposition(|b| b.is_ascii_whitespace())
+            .map_or(0, |i| i + 1);
+        if cut == 0 {
+            // No whitespace: cut before a UTF-8 continuation byte run.
+            cut = max;
+            while cut > 1 && (rest[cut] & 0xC0) == 0x80 {
+                cut -= 1;
+            }
+        }
+        out.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    out.push(rest);
+    out
+}
+
+pub(crate) fn import(args: ImportArgs) -> Result<(), String> {
+    let db = open_local(&args.target)?;
+    let total: u64 = args
+        .files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let progress = bar(total, "bytes");
+    let mut batch = Vec::new();
+    let (mut keys, mut bytes) = (0u64, 0u64);
+    for file in &args.files {
+        let text =
+            std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let name = file_name(file)?;
+        let pieces = parts(&text, IMPORT_PART_BYTES);
+        for (i, piece) in pieces.iter().enumerate() {
+            let key = if pieces.len() == 1 {
+                format!("{}{name}", args.prefix)
+            } else {
+                format!("{}{name}/part-{i:05}", args.prefix)
+            };
+            batch.push((key.into_bytes(), piece.to_vec()));
+            keys += 1;
+            bytes += piece.len() as u64;
+            if batch.len() == IMPORT_BATCH {
+                db.put_all(std::mem::take(&mut batch))
+                    .map_err(|e| format!("import failed: {e}"))?;
+            }
+        }
+        progress.inc(text.len() as u64);
+    }
+    db.put_all(batch)
+        .map_err(|e| format!("import failed: {e}"))?;
+    progress.finish_and_clear();
+    db.close().map_err(|e| e.to_string())?;
+    println!(
+        "imported {} files as {keys} keys, {bytes} bytes",
+        args.files.len()
+    );
+    Ok(())
+}
+
+fn file_name(file: &Path) -> Result<String, String> {
+    file.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| format!("{} names no file", file.display()))
+}
+
+pub(crate) fn run(command: MrCommand) -> Result<(), String> {
+    match command {
+        MrCommand::Status { target } => {
+            let db = open_local(&target)?;
+            for (id, status) in db.jobs().map_err(|e| e.to_string())? {
+                println!("{id}\t{status}");
+            }
+            db.close().map_err(|e| e.to_string())
+        }
+        MrCommand::Run(args) => {
+            let db = open_local(&args.target)?;
+            let mut spec = MapReduceSpec::new(
+                args.job.clone(),
+                ScanRange::prefix(args.input.as_bytes()),
+                args.output.as_bytes(),
+            );
+            spec.arg = args.arg;
+            spec.reduce_tasks = args.reduce_tasks;
+            spec.workers = args.workers;
+            spec.task_timeout = Duration::from_secs(args.task_timeout_secs.max(1));
+            spec.replace = args.replace;
+            let mut handle = db.mapreduce(spec).map_err(|e| e.to_string())?;
+            let progress = bar(0, "tasks");
+            while let Some(p) = handle.next_progress(Duration::from_millis(200)) {
+                progress.set_length(p.maps_total + p.reduces_total);
+                progress.set_position(p.maps_done + p.reduces_done);
+                progress.set_message(format!(
+                    "maps {}/{} reduces {}/{} in {} MB",
+                    p.maps_done,
+                    p.maps_total,
+                    p.reduces_done,
+                    p.reduces_total,
+                    p.bytes_in >> 20
+                ));
+            }
+            progress.finish_and_clear();
+            let id = handle.id().to_string();
+            let report = handle.wait().map_err(|e| format!("job {id} failed: {e}"))?;
+            let p = report.progress;
+            let seconds = report.elapsed.as_secs_f64().max(1e-9);
+            println!(
+                "job={id} committed_pairs={} maps={} reduces={} task_runs={} crashed_workers={} records_in={} bytes_in={} records_out={} seconds={:.2} mb_per_sec={:.1}",
+                report.committed_pairs,
+                p.maps_total,
+                p.reduces_total,
+                report.task_runs,
+                report.crashed_workers,
+                p.records_in,
+                p.bytes_in,
+                p.records_out,
+                seconds,
+                p.bytes_in as f64 / 1e6 / seconds
+            );
+            db.close().map_err(|e| e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_end_after_whitespace_and_keep_every_byte() {
+        let text = "alpha beta gamma delta".as_bytes();
+        let got = parts(text, 12);
+        assert_eq!(got.concat(), text);
+        assert!(got.iter().all(|p| p.len() <= 12));
+        assert_eq!(got[0], b"alpha beta ");
+        // No whitespace: cut at a character boundary.
+        let word = "ééééé".as_bytes();
+        let got = parts(word, 3);
+        assert_eq!(got.concat(), word);
+        assert!(got.iter().all(|p| std::str::from_utf8(p).is_ok()));
+    }
+}

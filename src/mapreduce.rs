@@ -1,0 +1,308 @@
+//! MapReduce over a [`Db`]: the job registry, the store adapter and the
+//! handle of a running job. The runner itself is `flotilla-mapreduce`.
+
+use std::collections::BTreeMap;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use flotilla_mapreduce::{builtin, run_local, JobSpec, Split, Store};
+use flotilla_wal::keys;
+
+use crate::db::{now_ms, Db};
+use crate::error::{Error, Result};
+use crate::scan::ScanRange;
+
+pub use flotilla_mapreduce::{Job, Progress, Report};
+
+/// Builds a job from the argument given when it is run (grep's pattern;
+/// ignored by jobs that take none).
+pub type JobFactory = Arc<dyn Fn(&str) -> std::result::Result<Arc<dyn Job>, String> + Send + Sync>;
+
+/// Where job status records live: reserved keys, not to be written by hand.
+pub const JOB_STATUS_PREFIX: &[u8] = b"\xff\xffflotilla/mr/";
+
+/// Jobs by name.
+#[derive(Clone)]
+pub(crate) struct JobRegistry(pub(crate) BTreeMap<String, JobFactory>);
+
+impl std::fmt::Debug for JobRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+impl Default for JobRegistry {
+    /// The built-in jobs: `wc`, `index`, `grep` (argument: the pattern) and
+    /// `sort`.
+    fn default() -> Self {
+        let mut jobs: BTreeMap<String, JobFactory> = BTreeMap::new();
+        jobs.insert("wc".into(), fixed(builtin::WordCount));
+        jobs.insert("index".into(), fixed(builtin::InvertedIndex));
+        jobs.insert("sort".into(), fixed(builtin::Sort));
+        jobs.insert(
+            "grep".into(),
+            Arc::new(|pattern: &str| {
+                if pattern.is_empty() {
+                    return Err("grep needs a pattern (its argument)".to_string());
+                }
+                Ok(Arc::new(builtin::Grep::new(pattern)) as Arc<dyn Job>)
+            }),
+        );
+        JobRegistry(jobs)
+    }
+}
+
+/// A factory that always gives `job`.
+pub(crate) fn fixed(job: impl Job + 'static) -> JobFactory {
+    let job: Arc<dyn Job> = Arc::new(job);
+    Arc::new(move |_| Ok(job.clone()))
+}
+
+/// A job to run: which one, over what, into where.
+#[derive(Clone, Debug)]
+pub struct MapReduceSpec {
+    /// A registered job's name (`wc`, `index`, `grep`, `sort`, or one given
+    /// to [`crate::DbBuilder::job`]).
+    pub job: String,
+    /// The job's argument (grep's pattern). Default empty.
+    pub arg: String,
+    /// The input keys.
+    pub input: ScanRange,
+    /// Output keys are this prefix followed by what reduce emits.
+    pub output: Vec<u8>,
+    /// Reduce tasks. Default 10.
+    pub reduce_tasks: u32,
+    /// Worker threads. Default 2.
+    pub workers: usize,
+    /// A task not done within this is given to another worker. Default 10 s.
+    pub task_timeout: Duration,
+    /// Clear a non-empty output prefix first instead of refusing. Default false.
+    pub replace: bool,
+}
+
+impl MapReduceSpec {
+    /// Runs `job` over `input` into `output`, with the defaults above.
+    pub fn new(job: impl Into<String>, input: ScanRange, output: impl Into<Vec<u8>>) -> Self {
+        MapReduceSpec {
+            job: job.into(),
+            arg: String::new(),
+            input,
+            output: output.into(),
+            reduce_tasks: 10,
+            workers: 2,
+            task_timeout: Duration::from_secs(10),
+            replace: false,
+        }
+    }
+}
+
+/// A running job: its progress, then its report.
+pub struct JobHandle {
+    id: String,
+    progress: mpsc::Receiver<Progress>,
+    latest: Progress,
+    thread: std::thread::JoinHandle<Result<Report>>,
+}
+
+impl JobHandle {
+    /// The job's id (its status record's key after [`JOB_STATUS_PREFIX`]).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The latest counters, without waiting.
+    pub fn progress(&mut self) -> Progress {
+        if let Some(p) = self.progress.try_iter().last() {
+            self.latest = p;
+        }
+        self.latest
+    }
+
+    /// Waits up to `timeout` for new counters; `None` once the job ended.
+    pub fn next_progress(&mut self, timeout: Duration) -> Option<Progress> {
+        match self.progress.recv_timeout(timeout) {
+            Ok(p) => {
+                self.latest = p;
+                Some(p)
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Some(self.latest),
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// Waits for the end: the report of a committed job, or why it failed
+    /// (its output prefix is then empty).
+    pub fn wait(self) -> Result<Report> {
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(Error::Storage("the job's runner panicked".into())))
+    }
+}
+
+/// The store as a job sees it: one split per shard of the input range.
+struct DbStore(Db);
+
+impl Store for DbStore {
+    fn splits(&self, start: &[u8], end: &[u8]) -> std::result::Result<Vec<Split>, String> {
+        Ok((0..keys::SHARDS)
+            .map(|shard| Split {
+                shard,
+                start: start.to_vec(),
+                end: end.to_vec(),
+            })
+            .collect())
+    }
+
+    fn read_split(
+        &self,
+        split: &Split,
+        visit: &mut dyn FnMut(&[u8], &[u8]),
+    ) -> std::result::Result<(), String> {
+        let from = keys::shard_key(split.shard, &split.start);
+        let to = if split.end.is_empty() {
+            keys::shard_key(split.shard + 1, b"")
+        } else {
+            keys::shard_key(split.shard, &split.end)
+        };
+        self.0
+            .group_data()
+            .visit(&from, &to, &mut |inner, value| {
+                if let Some((_, key)) = keys::parse_user_key(inner) {
+                    visit(key, value);
+                }
+                true
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    fn is_prefix_empty(&self, prefix: &[u8]) -> std::result::Result<bool, String> {
+        self.0
+            .scan(&ScanRange::prefix(prefix), 1)
+            .map(|pairs| pairs.is_empty())
+            .map_err(|e| e.to_string())
+    }
+
+    fn delete_prefix(&self, prefix: &[u8]) -> std::result::Result<(), String> {
+        loop {
+            let pairs = self
+                .0
+                .scan(&ScanRange::prefix(prefix), 512)
+                .map_err(|e| e.to_string())?;
+            if pairs.is_empty() {
+                return Ok(());
+            }
+            for (key, _) in pairs {
+                self.0.delete(&key).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+
+    fn put_all(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> std::result::Result<(), String> {
+        // All in flight at once: the log writes them with shared fsyncs.
+        self.0.put_all(pairs.to_vec()).map_err(|e| e.to_string())
+    }
+}
+
+impl Db {
+    /// Starts `spec` on this store's worker threads. The job reads its input
+    /// and writes its output under `spec.output` only when every task is
+    /// done; its status record (see [`Db::jobs`]) says running, committed or
+    /// failed. MapReduce runs on an embedded store for now; a cluster member
+    /// refuses it.
+    pub fn mapreduce(&self, spec: MapReduceSpec) -> Result<JobHandle> {
+        if self.is_cluster_member() {
+            return Err(Error::InvalidArgument(
+                "MapReduce over a cluster is not built yet; run it on an embedded store".into(),
+            ));
+        }
+        let factory = self.job_factory(&spec.job).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "no job named {:?} (known: {})",
+                spec.job,
+                self.job_names().join(", ")
+            ))
+        })?;
+        let job = factory(&spec.arg).map_err(Error::InvalidArgument)?;
+        let (input_start, input_end) = spec.input.bounds()?;
+        let id = format!(
+            "{}-{}-{}",
+            sanitize(&spec.job),
+            now_ms(),
+            std::process::id()
+        );
+        let job_spec = JobSpec {
+            id: id.clone(),
+            job,
+            input_start,
+            input_end,
+            output_prefix: spec.output.clone(),
+            reduce_tasks: spec.reduce_tasks,
+            workers: spec.workers,
+            task_timeout: spec.task_timeout,
+            work_dir: self.path().join("mapreduce"),
+            replace: spec.replace,
+        };
+        let status_key = [JOB_STATUS_PREFIX, id.as_bytes()].concat();
+        let summary = format!(
+            "job {} input {:?}..{:?} output {:?}",
+            spec.job,
+            String::from_utf8_lossy(&job_spec.input_start),
+            String::from_utf8_lossy(&job_spec.input_end),
+            String::from_utf8_lossy(&spec.output)
+        );
+        self.put(&status_key, format!("running {summary}"))?;
+        let (tx, progress) = mpsc::channel();
+        let db = self.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("flotilla-mr-{id}"))
+            .spawn(move || {
+                let store: Arc<dyn Store> = Arc::new(DbStore(db.clone()));
+                let result = run_local(store, job_spec, &mut |p| {
+                    let _ = tx.send(*p);
+                });
+                let status = match &result {
+                    Ok(report) => format!(
+                        "committed {summary} pairs {} in {:.1}s",
+                        report.committed_pairs,
+                        report.elapsed.as_secs_f64()
+                    ),
+                    Err(e) => format!("failed {summary}: {e}"),
+                };
+                db.put(&status_key, status)?;
+                result.map_err(|e| match e {
+                    flotilla_mapreduce::MapReduceError::Invalid(why) => Error::InvalidArgument(why),
+                    flotilla_mapreduce::MapReduceError::OutputNotEmpty { .. } => {
+                        Error::InvalidArgument(e.to_string())
+                    }
+                    other => Error::Storage(other.to_string()),
+                })
+            })
+            .map_err(|e| Error::Storage(format!("cannot start the job's runner: {e}")))?;
+        Ok(JobHandle {
+            id,
+            progress,
+            latest: Progress::default(),
+            thread,
+        })
+    }
+
+    /// Every job's id and status line, oldest id first.
+    pub fn jobs(&self) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .scan(&ScanRange::prefix(JOB_STATUS_PREFIX), usize::MAX)?
+            .into_iter()
+            .map(|(key, value)| {
+                (
+                    String::from_utf8_lossy(&key[JOB_STATUS_PREFIX.len()..]).into_owned(),
+                    String::from_utf8_lossy(&value).into_owned(),
+                )
+            })
+            .collect())
+    }
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
+}

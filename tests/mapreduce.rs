@@ -1,0 +1,462 @@
+//! MapReduce over an embedded store, ported from the lab's MapReduce
+//! suite: word count and inverted index against a reference computed
+//! sequentially here, map and reduce parallelism, each map exactly once,
+//! no early exit, and crashing and stalling workers.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flotilla::mr::builtin::WordCount;
+use flotilla::mr::{Emit, Values};
+use flotilla::{Db, Job, MapReduceSpec, ScanRange};
+
+/// Words for the corpus, some outside ASCII, mixed with digits and
+/// punctuation that must split words.
+const VOCABULARY: &[&str] = &[
+    "the",
+    "The",
+    "raft",
+    "log",
+    "naïve",
+    "café",
+    "über",
+    "Ωmega",
+    "σοφία",
+    "data",
+    "node",
+    "leader",
+    "x",
+    "MapReduce",
+    "straße",
+    "zebra",
+    "año",
+    "déjà",
+    "vu",
+    "and",
+];
+
+/// A deterministic corpus: `docs` documents of `words` words each.
+fn corpus(docs: usize, words: usize) -> Vec<(String, String)> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..docs)
+        .map(|d| {
+            let mut text = String::new();
+            for w in 0..words {
+                text.push_str(VOCABULARY[(next() % VOCABULARY.len() as u64) as usize]);
+                text.push_str(match next() % 7 {
+                    0 => ", ",
+                    1 => "42",
+                    2 => "\n",
+                    3 => "—",
+                    4 if w % 5 == 0 => "'s ",
+                    _ => " ",
+                });
+            }
+            (format!("docs/d{d:03}"), text)
+        })
+        .collect()
+}
+
+/// Words as the lab defines them, written out independently of the
+/// implementation: maximal runs of letters.
+fn reference_words(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    for c in text.chars() {
+        if c.is_alphabetic() {
+            word.push(c);
+        } else if !word.is_empty() {
+            out.push(std::mem::take(&mut word));
+        }
+    }
+    if !word.is_empty() {
+        out.push(word);
+    }
+    out
+}
+
+fn reference_word_count(docs: &[(String, String)]) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for (_, text) in docs {
+        for w in reference_words(text) {
+            *counts.entry(w).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(w, n)| (format!("wc/{w}").into_bytes(), n.to_string().into_bytes()))
+        .collect()
+}
+
+fn store_with(docs: &[(String, String)]) -> (tempfile::TempDir, Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path().join("db")).unwrap();
+    db.put_all(
+        docs.iter()
+            .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
+            .collect(),
+    )
+    .unwrap();
+    (dir, db)
+}
+
+fn output(db: &Db, prefix: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    db.scan(&ScanRange::prefix(prefix), usize::MAX)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+fn spec(job: &str, output: &str, reduce: u32, workers: usize) -> MapReduceSpec {
+    let mut spec = MapReduceSpec::new(job, ScanRange::prefix("docs/"), output);
+    spec.reduce_tasks = reduce;
+    spec.workers = workers;
+    spec
+}
+
+#[test]
+fn word_count_equals_the_sequential_reference() {
+    let docs = corpus(40, 400);
+    let (_dir, db) = store_with(&docs);
+    let report = db
+        .mapreduce(spec("wc", "wc/", 7, 3))
+        .unwrap()
+        .wait()
+        .unwrap();
+    let expected = reference_word_count(&docs);
+    assert_eq!(output(&db, "wc/"), expected);
+    assert_eq!(report.committed_pairs, expected.len() as u64);
+    assert_eq!(report.progress.records_in, docs.len() as u64);
+    let jobs = db.jobs().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert!(jobs[0].1.starts_with("committed"), "{jobs:?}");
+    // Intermediate files of the finished job are gone.
+    let work = db.path().join("mapreduce");
+    let left: Vec<_> = std::fs::read_dir(&work)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in {}: {left:?}", work.display());
+}
+
+#[test]
+fn inverted_index_equals_the_sequential_reference() {
+    let docs = corpus(25, 200);
+    let (_dir, db) = store_with(&docs);
+    db.mapreduce(spec("index", "ix/", 4, 2))
+        .unwrap()
+        .wait()
+        .unwrap();
+    let mut index: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (key, text) in &docs {
+        for w in reference_words(text) {
+            index.entry(w).or_default().insert(key.clone());
+        }
+    }
+    let expected: BTreeMap<Vec<u8>, Vec<u8>> = index
+        .into_iter()
+        .map(|(w, keys)| {
+            let joined: Vec<String> = keys.into_iter().collect();
+            (
+                format!("ix/{w}").into_bytes(),
+                joined.join(",").into_bytes(),
+            )
+        })
+        .collect();
+    assert_eq!(output(&db, "ix/"), expected);
+}
+
+/// Counts how many calls run at once, and waits (up to 5 s) inside each
+/// call until a second one runs, as the lab's parallelism plugins do.
+#[derive(Default)]
+struct Concurrency {
+    active: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl Concurrency {
+    fn enter(&self) {
+        let now = self.active.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.most.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+struct ParallelProbe {
+    maps: Arc<Concurrency>,
+    reduces: Arc<Concurrency>,
+}
+
+impl Job for ParallelProbe {
+    fn map(&self, key: &[u8], _value: &[u8], emit: &mut Emit<'_>) {
+        self.maps.enter();
+        emit(key, b"1");
+    }
+
+    fn reduce(&self, key: &[u8], values: &mut Values<'_>, emit: &mut Emit<'_>) {
+        self.reduces.enter();
+        emit(key, values.count().to_string().as_bytes());
+    }
+}
+
+fn probe(workers: usize) -> (Arc<Concurrency>, Arc<Concurrency>) {
+    let docs = corpus(32, 5);
+    let (maps, reduces) = (Arc::default(), Arc::default());
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder(dir.path().join("db"))
+        .job(
+            "probe",
+            ParallelProbe {
+                maps: Arc::clone(&maps),
+                reduces: Arc::clone(&reduces),
+            },
+        )
+        .open()
+        .unwrap();
+    db.put_all(
+        docs.iter()
+            .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
+            .collect(),
+    )
+    .unwrap();
+    db.mapreduce(spec("probe", "p/", 4, workers))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(output(&db, "p/").len(), docs.len());
+    (maps, reduces)
+}
+
+#[test]
+fn two_workers_run_maps_and_reduces_in_parallel() {
+    let (maps, reduces) = probe(2);
+    assert!(
+        maps.most.load(Ordering::SeqCst) >= 2,
+        "maps ran one at a time"
+    );
+    assert!(
+        reduces.most.load(Ordering::SeqCst) >= 2,
+        "reduces ran one at a time"
+    );
+}
+
+/// Word count that also counts its map calls per input key.
+struct CountingWordCount {
+    calls: Arc<Mutex<HashMap<Vec<u8>, u64>>>,
+}
+
+impl Job for CountingWordCount {
+    fn map(&self, key: &[u8], value: &[u8], emit: &mut Emit<'_>) {
+        *self.calls.lock().unwrap().entry(key.to_vec()).or_default() += 1;
+        WordCount.map(key, value, emit);
+    }
+
+    fn reduce(&self, key: &[u8], values: &mut Values<'_>, emit: &mut Emit<'_>) {
+        WordCount.reduce(key, values, emit);
+    }
+}
+
+#[test]
+fn without_failures_every_map_runs_exactly_once() {
+    let docs = corpus(30, 50);
+    let calls = Arc::new(Mutex::new(HashMap::new()));
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder(dir.path().join("db"))
+        .job(
+            "counting",
+            CountingWordCount {
+                calls: Arc::clone(&calls),
+            },
+        )
+        .open()
+        .unwrap();
+    db.put_all(
+        docs.iter()
+            .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
+            .collect(),
+    )
+    .unwrap();
+    let report = db
+        .mapreduce(spec("counting", "wc/", 5, 3))
+        .unwrap()
+        .wait()
+        .unwrap();
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), docs.len());
+    assert!(calls.values().all(|&n| n == 1), "{calls:?}");
+    let p = report.progress;
+    assert_eq!(report.task_runs, p.maps_total + p.reduces_total);
+    assert_eq!(report.crashed_workers, 0);
+    assert_eq!(output(&db, "wc/"), reference_word_count(&docs));
+}
+
+/// Word count whose reduce of one key waits for a gate the test opens.
+struct GatedWordCount {
+    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    reduces_started: Arc<AtomicU64>,
+}
+
+impl Job for GatedWordCount {
+    fn map(&self, key: &[u8], value: &[u8], emit: &mut Emit<'_>) {
+        WordCount.map(key, value, emit);
+    }
+
+    fn reduce(&self, key: &[u8], values: &mut Values<'_>, emit: &mut Emit<'_>) {
+        self.reduces_started.fetch_add(1, Ordering::SeqCst);
+        if key == b"zebra" {
+            let (open, opened) = &*self.gate;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = opened.wait(open).unwrap();
+            }
+        }
+        WordCount.reduce(key, values, emit);
+    }
+}
+
+#[test]
+fn no_output_is_visible_and_nothing_ends_before_the_whole_output_is_committed() {
+    let docs = corpus(20, 100);
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let reduces_started = Arc::new(AtomicU64::new(0));
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder(dir.path().join("db"))
+        .job(
+            "gated",
+            GatedWordCount {
+                gate: Arc::clone(&gate),
+                reduces_started: Arc::clone(&reduces_started),
+            },
+        )
+        .open()
+        .unwrap();
+    db.put_all(
+        docs.iter()
+            .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
+            .collect(),
+    )
+    .unwrap();
+    let mut handle = db.mapreduce(spec("gated", "wc/", 3, 3)).unwrap();
+    // Wait until the other reduces got through everything they could.
+    let distinct = reference_word_count(&docs).len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reduces_started.load(Ordering::SeqCst) < distinct {
+        assert!(Instant::now() < deadline, "reduces did not run");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let p = handle.progress();
+    assert!(p.reduces_done < p.reduces_total, "{p:?}");
+    assert!(output(&db, "wc/").is_empty(), "output before the commit");
+    assert!(db.jobs().unwrap()[0].1.starts_with("running"));
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    let report = handle.wait().unwrap();
+    // When the job reports, the whole output is there and marked committed.
+    assert_eq!(output(&db, "wc/"), reference_word_count(&docs));
+    assert_eq!(report.progress.reduces_done, 3);
+    assert!(db.jobs().unwrap()[0].1.starts_with("committed"));
+}
+
+/// Word count whose calls crash (panic) or stall past the task timeout now
+/// and then, decided by a hash of the key and a per-call counter.
+struct CrashingWordCount {
+    calls: AtomicU64,
+}
+
+impl CrashingWordCount {
+    fn maybe_fail(&self, key: &[u8]) {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let roll = flotilla::mr::fnv1a(&[key, &n.to_be_bytes()].concat()) % 1000;
+        // The first call always crashes, so every run tests a replacement.
+        if n == 0 || roll < 60 {
+            panic!("crash injected by the test");
+        }
+        if roll < 90 {
+            std::thread::sleep(Duration::from_millis(1_500));
+        }
+    }
+}
+
+impl Job for CrashingWordCount {
+    fn map(&self, key: &[u8], value: &[u8], emit: &mut Emit<'_>) {
+        self.maybe_fail(key);
+        WordCount.map(key, value, emit);
+    }
+
+    fn reduce(&self, key: &[u8], values: &mut Values<'_>, emit: &mut Emit<'_>) {
+        self.maybe_fail(key);
+        WordCount.reduce(key, values, emit);
+    }
+}
+
+#[test]
+fn crashing_and_stalling_workers_still_give_exactly_the_reference_output() {
+    let docs = corpus(48, 150);
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder(dir.path().join("db"))
+        .job(
+            "crashing",
+            CrashingWordCount {
+                calls: AtomicU64::new(0),
+            },
+        )
+        .open()
+        .unwrap();
+    db.put_all(
+        docs.iter()
+            .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
+            .collect(),
+    )
+    .unwrap();
+    let mut spec = spec("crashing", "wc/", 6, 3);
+    spec.task_timeout = Duration::from_secs(1);
+    let report = db.mapreduce(spec).unwrap().wait().unwrap();
+    assert_eq!(output(&db, "wc/"), reference_word_count(&docs));
+    assert!(
+        report.crashed_workers > 0,
+        "the test injected no crash: {report:?}"
+    );
+    let p = report.progress;
+    assert!(report.task_runs > p.maps_total + p.reduces_total);
+}
+
+#[test]
+fn a_non_empty_output_is_refused_unless_replace_is_asked() {
+    let docs = corpus(5, 20);
+    let (_dir, db) = store_with(&docs);
+    db.put("wc/stale", "1").unwrap();
+    let refused = db.mapreduce(spec("wc", "wc/", 2, 1)).unwrap().wait();
+    assert!(
+        matches!(&refused, Err(flotilla::Error::InvalidArgument(why)) if why.contains("not empty")),
+        "{refused:?}"
+    );
+    assert_eq!(db.get("wc/stale").unwrap(), Some(b"1".to_vec()));
+    let mut replace = spec("wc", "wc/", 2, 1);
+    replace.replace = true;
+    db.mapreduce(replace).unwrap().wait().unwrap();
+    assert_eq!(output(&db, "wc/"), reference_word_count(&docs));
+    // Unknown jobs and bad settings are refused up front.
+    assert!(db.mapreduce(spec("nope", "x/", 1, 1)).is_err());
+    assert!(
+        db.mapreduce(spec("grep", "g/", 1, 1)).is_err(),
+        "grep needs a pattern"
+    );
+    assert!(db
+        .mapreduce(spec("wc", "w2/", 0, 1))
+        .unwrap()
+        .wait()
+        .is_err());
+}
