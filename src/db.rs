@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flotilla_engine::kv::{self, Command, WriteOp, WriteReply};
+use flotilla_engine::kv::{self, BatchOp, Command, WriteOp, WriteReply};
 use flotilla_engine::node::{
     GroupHandle, GroupStatus, NoNetwork, Node, NodeError, NodeOptions, Pending, ReadConsistency,
     Transport,
@@ -196,16 +196,31 @@ impl Db {
         self.block(self.asynchronous().put(key, value))
     }
 
-    /// Puts every pair, all in flight at once so the log writes them with
-    /// shared fsyncs. Not atomic: each pair is its own write, and the first
-    /// error is returned once all have ended.
+    /// Puts every pair, in atomic batches as large as one value
+    /// (`max_value_bytes`), all in flight at once so the log writes them
+    /// with shared fsyncs. Not atomic as a whole: the first error is
+    /// returned once every batch has ended.
     pub fn put_all(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+        let max = self.inner.settings.max_value_bytes;
+        let mut batches: Vec<Vec<BatchOp>> = Vec::new();
+        let mut bytes = 0usize;
+        for (key, value) in pairs {
+            let size = key.len() + value.len();
+            if batches.is_empty() || bytes + size > max {
+                batches.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += size;
+            if let Some(batch) = batches.last_mut() {
+                batch.push(BatchOp::Put { key, value });
+            }
+        }
         let db = self.asynchronous();
         self.block(async move {
             let mut writes = tokio::task::JoinSet::new();
-            for (key, value) in pairs {
+            for ops in batches {
                 let db = db.clone();
-                writes.spawn(async move { db.put(key, value).await });
+                writes.spawn(async move { db.write_batch(ops).await });
             }
             let mut first_error = None;
             while let Some(done) = writes.join_next().await {
@@ -239,6 +254,11 @@ impl Db {
 
     pub(crate) fn job_names(&self) -> Vec<String> {
         self.inner.settings.jobs.0.keys().cloned().collect()
+    }
+
+    /// Applies `ops` together, atomically; see [`AsyncDb::write_batch`].
+    pub fn write_batch(&self, ops: Vec<BatchOp>) -> Result<()> {
+        self.block(self.asynchronous().write_batch(ops))
     }
 
     /// Appends `value` to `key`'s value (an absent key counts as empty).
@@ -445,7 +465,9 @@ impl AsyncDb {
     }
 
     async fn write(&self, op: WriteOp) -> Result<WriteReply> {
-        self.check_key(op.key())?;
+        for key in op.keys() {
+            self.check_key(key)?;
+        }
         let reply = match &self.inner.member {
             None => {
                 let command = Command {
@@ -516,6 +538,26 @@ impl AsyncDb {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Applies `ops` together, atomically: one log entry, all or nothing.
+    /// Later operations on a key win. The keys and values together may be
+    /// as large as one value (`max_value_bytes`).
+    pub async fn write_batch(&self, ops: Vec<BatchOp>) -> Result<()> {
+        let bytes: usize = ops
+            .iter()
+            .map(|op| match op {
+                BatchOp::Put { key, value } => key.len() + value.len(),
+                BatchOp::Delete { key } => key.len(),
+            })
+            .sum();
+        let max = self.inner.settings.max_value_bytes;
+        if bytes > max {
+            return Err(Error::InvalidArgument(format!(
+                "a batch of {bytes} bytes is over the {max}-byte limit (max_value_bytes); split it"
+            )));
+        }
+        self.write(WriteOp::Batch { ops }).await.map(|_| ())
     }
 
     /// Appends `value` to `key`'s value (an absent key counts as empty).

@@ -35,6 +35,7 @@ pub use cluster::files::{
 pub use cluster::proto::RemoteStatus;
 pub use db::{AsyncDb, CasOutcome, Db, Status};
 pub use error::{Error, Result};
+pub use flotilla_engine::kv::BatchOp;
 pub use flotilla_engine::node::{GroupStatus, ReadConsistency};
 pub use flotilla_wal::{CompactionPolicy, Durability};
 pub use mapreduce::{

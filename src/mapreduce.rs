@@ -183,22 +183,39 @@ impl Store for DbStore {
     }
 
     fn delete_prefix(&self, prefix: &[u8]) -> std::result::Result<(), String> {
+        let (_, end) = ScanRange::prefix(prefix)
+            .bounds()
+            .map_err(|e| e.to_string())?;
+        // Each scan starts after the last key deleted: starting over at the
+        // prefix would walk every tombstone left so far.
+        let mut from = prefix.to_vec();
         loop {
             let pairs = self
                 .0
-                .scan(&ScanRange::prefix(prefix), 512)
+                .scan(&ScanRange::range(from.clone(), end.clone()), 512)
                 .map_err(|e| e.to_string())?;
-            if pairs.is_empty() {
+            let Some((last, _)) = pairs.last() else {
                 return Ok(());
-            }
+            };
+            from = [last.as_slice(), &[0]].concat();
+            // Small batches: far below any value limit a store is set to.
+            let mut deletes = Vec::new();
+            let mut bytes = 0;
             for (key, _) in pairs {
-                self.0.delete(&key).map_err(|e| e.to_string())?;
+                bytes += key.len();
+                deletes.push(flotilla_engine::kv::BatchOp::Delete { key });
+                if bytes >= 16 << 10 {
+                    self.0
+                        .write_batch(std::mem::take(&mut deletes))
+                        .map_err(|e| e.to_string())?;
+                    bytes = 0;
+                }
             }
+            self.0.write_batch(deletes).map_err(|e| e.to_string())?;
         }
     }
 
     fn put_all(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> std::result::Result<(), String> {
-        // All in flight at once: the log writes them with shared fsyncs.
         self.0.put_all(pairs.to_vec()).map_err(|e| e.to_string())
     }
 }
@@ -284,6 +301,27 @@ impl Db {
             latest: Progress::default(),
             thread,
         })
+    }
+
+    /// Calls `visit` on every pair in `range`, shard by shard: key order
+    /// within a shard, none across shards. Nothing is held in memory; each
+    /// shard is read at one consistent point. Embedded stores only.
+    pub fn visit_unordered(
+        &self,
+        range: &ScanRange,
+        visit: &mut dyn FnMut(&[u8], &[u8]),
+    ) -> Result<()> {
+        if self.is_cluster_member() {
+            return Err(Error::InvalidArgument(
+                "visit_unordered reads the local store; use scan on a cluster member".into(),
+            ));
+        }
+        let (start, end) = range.bounds()?;
+        let store = DbStore(self.clone());
+        for split in store.splits(&start, &end).map_err(Error::Storage)? {
+            store.read_split(&split, visit).map_err(Error::Storage)?;
+        }
+        Ok(())
     }
 
     /// Every job's id and status line, oldest id first.

@@ -14,6 +14,7 @@ pub mod coordinator;
 pub mod error;
 pub mod job;
 pub mod local;
+mod map_buffer;
 pub mod merge;
 pub mod run_file;
 pub mod store;

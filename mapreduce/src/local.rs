@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 use crate::coordinator::{Assignment, Coordinator, TaskId, TaskKind};
 use crate::error::{io, MapReduceError};
 use crate::job::Job;
+use crate::map_buffer::{Groups, MapBuffer};
 use crate::merge::Merge;
 use crate::run_file::{map_run_name, reduce_output_name, RunReader, RunWriter};
 use crate::store::{Split, Store};
@@ -87,6 +88,8 @@ pub struct Report {
     pub crashed_workers: u64,
     /// Wall time from start to commit.
     pub elapsed: Duration,
+    /// Of which writing the output into the store.
+    pub commit_elapsed: Duration,
 }
 
 #[derive(Default)]
@@ -339,14 +342,11 @@ fn run_task(shared: &Shared, worker: u64, task: TaskId) -> Result<(), MapReduceE
     }
 }
 
-/// One partition's buffered map output.
-type Bucket = Vec<(Vec<u8>, Vec<u8>)>;
-
 fn run_map(shared: &Shared, worker: u64, map: u32) -> Result<(), MapReduceError> {
     let spec = &shared.spec;
+    let job = spec.job.as_ref();
     let partitions = spec.reduce_tasks;
-    let mut buckets: Vec<Bucket> = vec![Vec::new(); partitions as usize];
-    let mut buffered = 0usize;
+    let mut buffer = MapBuffer::new(partitions);
     let mut spills: Vec<Vec<PathBuf>> = vec![Vec::new(); partitions as usize];
     let mut spill_error = None;
     let split = &shared.splits[map as usize];
@@ -361,37 +361,31 @@ fn run_map(shared: &Shared, worker: u64, map: u32) -> Result<(), MapReduceError>
                 .counters
                 .bytes_in
                 .fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
-            spec.job.map(key, value, &mut |k, v| {
-                let p = spec.job.partition(k, partitions).min(partitions - 1) as usize;
-                buffered += k.len() + v.len() + 48;
-                buckets[p].push((k.to_vec(), v.to_vec()));
+            job.map(key, value, &mut |k, v| {
+                let p = job.partition(k, partitions).min(partitions - 1) as usize;
+                buffer.push(job, p, k, v);
             });
-            if buffered > MAP_BUFFER_BYTES {
-                let n = spills.first().map_or(0, Vec::len);
-                if let Err(e) = spill(shared, worker, map, n, &mut buckets, &mut spills) {
+            if buffer.bytes() > MAP_BUFFER_BYTES {
+                if let Err(e) = spill(shared, worker, map, &mut buffer, &mut spills) {
                     spill_error = Some(e);
                 }
-                buffered = 0;
             }
         })
         .map_err(MapReduceError::Store)?;
     if let Some(e) = spill_error {
         return Err(e);
     }
-    for (reduce, bucket) in buckets.iter_mut().enumerate() {
+    if spills.iter().any(|s| !s.is_empty()) {
+        // Spilled before: what is left is one more run to merge.
+        spill(shared, worker, map, &mut buffer, &mut spills)?;
+    }
+    for (reduce, runs) in spills.iter().enumerate() {
         let path = shared.dir.join(map_run_name(&spec.id, map, reduce as u32));
         let mut out = RunWriter::create(&path)?;
-        if spills[reduce].is_empty() {
-            write_combined(spec.job.as_ref(), sorted(bucket), &mut out)?;
+        if runs.is_empty() {
+            write_groups(job, buffer.take_sorted(reduce), &mut out)?;
         } else {
-            // Spilled before: the last buffer is one more run to merge.
-            let n = spills[reduce].len();
-            let last = spill_path(shared, worker, map, reduce as u32, n);
-            let mut w = RunWriter::create(&last)?;
-            write_combined(spec.job.as_ref(), sorted(bucket), &mut w)?;
-            w.finish()?;
-            spills[reduce].push(last);
-            let readers = spills[reduce]
+            let readers = runs
                 .iter()
                 .map(|p| RunReader::open(p))
                 .collect::<Result<Vec<_>, _>>()?;
@@ -399,11 +393,11 @@ fn run_map(shared: &Shared, worker: u64, map: u32) -> Result<(), MapReduceError>
             let mut result = Ok(());
             merge.for_each_group(|key, values| {
                 if result.is_ok() {
-                    result = combine_group(spec.job.as_ref(), key, values, &mut out);
+                    result = combine_group(job, key, values, &mut out);
                 }
             })?;
             result?;
-            for p in &spills[reduce] {
+            for p in runs {
                 let _ = std::fs::remove_file(p);
             }
         }
@@ -412,57 +406,31 @@ fn run_map(shared: &Shared, worker: u64, map: u32) -> Result<(), MapReduceError>
     Ok(())
 }
 
-fn spill_path(shared: &Shared, worker: u64, map: u32, reduce: u32, n: usize) -> PathBuf {
-    shared.dir.join(format!(
-        "{}.spill-w{worker}-{n}",
-        map_run_name(&shared.spec.id, map, reduce)
-    ))
-}
-
-/// Writes every bucket as a sorted, combined spill run and empties it.
+/// Writes every partition of `buffer` as one more sorted spill run.
 fn spill(
     shared: &Shared,
     worker: u64,
     map: u32,
-    n: usize,
-    buckets: &mut [Bucket],
+    buffer: &mut MapBuffer,
     spills: &mut [Vec<PathBuf>],
 ) -> Result<(), MapReduceError> {
-    for (reduce, bucket) in buckets.iter_mut().enumerate() {
-        let path = spill_path(shared, worker, map, reduce as u32, n);
+    for (reduce, runs) in spills.iter_mut().enumerate() {
+        let name = map_run_name(&shared.spec.id, map, reduce as u32);
+        let path = shared
+            .dir
+            .join(format!("{name}.spill-w{worker}-{}", runs.len()));
         let mut w = RunWriter::create(&path)?;
-        write_combined(shared.spec.job.as_ref(), sorted(bucket), &mut w)?;
+        write_groups(shared.spec.job.as_ref(), buffer.take_sorted(reduce), &mut w)?;
         w.finish()?;
-        spills[reduce].push(path);
+        runs.push(path);
     }
     Ok(())
 }
 
-fn sorted(bucket: &mut Bucket) -> Bucket {
-    let mut records = std::mem::take(bucket);
-    // Stable: a key's values keep their emit order.
-    records.sort_by(|a, b| a.0.cmp(&b.0));
-    records
-}
-
-/// Writes sorted `records`, through the combiner if the job has one.
-fn write_combined(
-    job: &dyn Job,
-    records: Bucket,
-    out: &mut RunWriter,
-) -> Result<(), MapReduceError> {
-    if !job.has_combiner() {
-        for (k, v) in &records {
-            out.push(k, v)?;
-        }
-        return Ok(());
-    }
-    let mut records = records.into_iter().peekable();
-    while let Some((key, first)) = records.next() {
-        let mut rest = std::iter::from_fn(|| records.next_if(|(k, _)| *k == key).map(|(_, v)| v));
-        let mut values = std::iter::once(first).chain(&mut rest);
-        combine_group(job, &key, &mut values, out)?;
-        for _ in rest.by_ref() {}
+/// Writes sorted groups, each through the combiner if the job has one.
+fn write_groups(job: &dyn Job, groups: Groups, out: &mut RunWriter) -> Result<(), MapReduceError> {
+    for (key, values) in groups {
+        combine_group(job, &key, &mut values.into_iter(), out)?;
     }
     Ok(())
 }
@@ -519,6 +487,7 @@ fn run_reduce(shared: &Shared, reduce: u32) -> Result<(), MapReduceError> {
 /// Writes every reduce output into the store.
 fn commit(shared: &Shared, crashed_workers: u64) -> Result<Report, MapReduceError> {
     let spec = &shared.spec;
+    let started = Instant::now();
     let mut committed = 0u64;
     for reduce in 0..spec.reduce_tasks {
         let path = shared.dir.join(reduce_output_name(&spec.id, reduce));
@@ -531,6 +500,7 @@ fn commit(shared: &Shared, crashed_workers: u64) -> Result<Report, MapReduceErro
         task_runs: coordinator.assignments(),
         crashed_workers,
         elapsed: shared.started.elapsed(),
+        commit_elapsed: started.elapsed(),
     })
     .map(|mut report| {
         drop(coordinator);

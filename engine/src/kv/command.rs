@@ -47,16 +47,52 @@ pub enum WriteOp {
         #[serde(with = "serde_bytes")]
         new: Option<Vec<u8>>,
     },
+    /// Puts and deletes applied together, atomically: one log entry, one
+    /// reply. Later operations on a key win over earlier ones.
+    Batch {
+        /// The operations, in order.
+        ops: Vec<BatchOp>,
+    },
+}
+
+/// One operation of a [`WriteOp::Batch`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchOp {
+    /// Set `key` to `value`.
+    Put {
+        /// Key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// Value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// Remove `key`.
+    Delete {
+        /// Key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+}
+
+impl BatchOp {
+    /// The key the operation touches.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            BatchOp::Put { key, .. } | BatchOp::Delete { key } => key,
+        }
+    }
 }
 
 impl WriteOp {
-    /// The key the operation touches.
-    pub fn key(&self) -> &[u8] {
+    /// Every key the operation touches.
+    pub fn keys(&self) -> Vec<&[u8]> {
         match self {
             WriteOp::Put { key, .. }
             | WriteOp::Append { key, .. }
             | WriteOp::Delete { key }
-            | WriteOp::CompareAndSwap { key, .. } => key,
+            | WriteOp::CompareAndSwap { key, .. } => vec![key],
+            WriteOp::Batch { ops } => ops.iter().map(BatchOp::key).collect(),
         }
     }
 }

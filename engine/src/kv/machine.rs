@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use flotilla_wal::{keys, Index};
 
-use crate::kv::command::{self, Command, CommandError, WriteOp, WriteReply};
+use crate::kv::command::{self, BatchOp, Command, CommandError, WriteOp, WriteReply};
 use crate::kv::sessions::{Session, SessionChange, SessionLimits, Sessions};
 
 /// Read access to a group's current data, by inner key (`keys::user_key`).
@@ -135,14 +135,28 @@ impl KvMachine {
                 None => {}
             }
         }
-        let inner = keys::user_key(command.op.key());
+        let op = match command.op {
+            WriteOp::Batch { ops } => {
+                for op in ops {
+                    match op {
+                        BatchOp::Put { key, value } => {
+                            overlay.insert(keys::user_key(&key), Some(value))
+                        }
+                        BatchOp::Delete { key } => overlay.insert(keys::user_key(&key), None),
+                    };
+                }
+                return Ok(self.record(command.client, command.seq, WriteReply::Done));
+            }
+            single => single,
+        };
+        let inner = keys::user_key(op.keys().first().copied().unwrap_or_default());
         // A put does not depend on the old value: skip the read.
-        let current = match (&command.op, overlay.get(&inner)) {
+        let current = match (&op, overlay.get(&inner)) {
             (WriteOp::Put { .. }, _) => None,
             (_, Some(value)) => value.clone(),
             (_, None) => view.get(&inner)?,
         };
-        let (new, reply) = match command.op {
+        let (new, reply) = match op {
             WriteOp::Put { value, .. } => (Some(Some(value)), WriteReply::Done),
             WriteOp::Append { value, .. } => {
                 let mut joined = current.unwrap_or_default();
@@ -155,6 +169,8 @@ impl KvMachine {
                     existed: current.is_some(),
                 },
             ),
+            // Applied above.
+            WriteOp::Batch { .. } => (None, WriteReply::Done),
             WriteOp::CompareAndSwap { expected, new, .. } => {
                 if current == expected {
                     (
@@ -178,11 +194,16 @@ impl KvMachine {
         if let Some(new) = new {
             overlay.insert(inner, new);
         }
-        if command.client != 0 {
+        Ok(self.record(command.client, command.seq, reply))
+    }
+
+    /// Remembers `reply` in the client's session (none for client 0).
+    fn record(&mut self, client: u64, seq: u64, reply: WriteReply) -> WriteReply {
+        if client != 0 {
             self.sessions
-                .record(command.client, command.seq, self.clock_ms, reply.clone());
+                .record(client, seq, self.clock_ms, reply.clone());
         }
-        Ok(reply)
+        reply
     }
 }
 
@@ -274,6 +295,44 @@ mod tests {
         assert_eq!(data.user(b"k"), Some(&b"ab".to_vec()));
         let replies = run(&mut reloaded, &mut data, &[cmd(5, 1, append("k", "a"))]);
         assert_eq!(replies, vec![WriteReply::StaleSequence { last: 2 }]);
+    }
+
+    #[test]
+    fn a_batch_applies_all_its_operations_once_and_later_ones_win() {
+        let mut machine = KvMachine::new(SessionLimits::default());
+        let mut data = Map::default();
+        run(&mut machine, &mut data, &[cmd(0, 0, append("gone", "x"))]);
+        let put = |k: &str, v: &str| BatchOp::Put {
+            key: k.into(),
+            value: v.into(),
+        };
+        let batch = WriteOp::Batch {
+            ops: vec![
+                put("a", "1"),
+                put("b", "2"),
+                put("a", "3"),
+                BatchOp::Delete {
+                    key: b"gone".to_vec(),
+                },
+            ],
+        };
+        let replies = run(&mut machine, &mut data, &[cmd(7, 1, batch.clone())]);
+        assert_eq!(replies, vec![WriteReply::Done]);
+        assert_eq!(data.user(b"a"), Some(&b"3".to_vec()));
+        assert_eq!(data.user(b"b"), Some(&b"2".to_vec()));
+        assert_eq!(data.user(b"gone"), None);
+        // A retried batch is answered from the session, not applied again.
+        run(&mut machine, &mut data, &[cmd(7, 2, append("b", "+"))]);
+        let replies = run(&mut machine, &mut data, &[cmd(7, 2, batch)]);
+        assert_eq!(replies, vec![WriteReply::Done]);
+        assert_eq!(data.user(b"b"), Some(&b"2+".to_vec()));
+        // An empty batch changes nothing and is no error.
+        let replies = run(
+            &mut machine,
+            &mut data,
+            &[cmd(0, 0, WriteOp::Batch { ops: vec![] })],
+        );
+        assert_eq!(replies, vec![WriteReply::Done]);
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub(crate) struct RunArgs {
     /// Clear a non-empty output prefix first instead of refusing.
     #[arg(long)]
     replace: bool,
+    /// After a `wc` job, count the same input's words again on one thread
+    /// with no MapReduce, check both agree, and print the speed ratio.
+    #[arg(long)]
+    compare_sequential: bool,
     #[command(flatten)]
     target: Target,
 }
@@ -209,7 +213,7 @@ pub(crate) fn run(command: MrCommand) -> Result<(), String> {
             let p = report.progress;
             let seconds = report.elapsed.as_secs_f64().max(1e-9);
             println!(
-                "job={id} committed_pairs={} maps={} reduces={} task_runs={} crashed_workers={} records_in={} bytes_in={} records_out={} seconds={:.2} mb_per_sec={:.1}",
+                "job={id} committed_pairs={} maps={} reduces={} task_runs={} crashed_workers={} records_in={} bytes_in={} records_out={} seconds={:.2} commit_seconds={:.2} mb_per_sec={:.1}",
                 report.committed_pairs,
                 p.maps_total,
                 p.reduces_total,
@@ -219,10 +223,57 @@ pub(crate) fn run(command: MrCommand) -> Result<(), String> {
                 p.bytes_in,
                 p.records_out,
                 seconds,
+                report.commit_elapsed.as_secs_f64(),
                 p.bytes_in as f64 / 1e6 / seconds
             );
+            if args.compare_sequential {
+                compare_sequential(&db, &args.input, &args.output, p.bytes_in, seconds)?;
+            }
             db.close().map_err(|e| e.to_string())
         }
+    }
+}
+
+/// Word count on one thread over the same input, checked against the job's
+/// committed output, with both speeds.
+fn compare_sequential(
+    db: &Db,
+    input: &str,
+    output: &str,
+    bytes: u64,
+    job_seconds: f64,
+) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    db.visit_unordered(&ScanRange::prefix(input.as_bytes()), &mut |_, value| {
+        for word in flotilla::mr::builtin::words(&String::from_utf8_lossy(value)) {
+            match counts.get_mut(word) {
+                Some(n) => *n += 1,
+                None => {
+                    counts.insert(word.to_string(), 1);
+                }
+            }
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    let seconds = started.elapsed().as_secs_f64().max(1e-9);
+    let committed = db
+        .scan(&ScanRange::prefix(output.as_bytes()), usize::MAX)
+        .map_err(|e| e.to_string())?;
+    let agree = committed.len() == counts.len()
+        && committed.iter().all(|(k, v)| {
+            let word = String::from_utf8_lossy(&k[output.len()..]);
+            counts.get(word.as_ref()).map(u64::to_string).as_deref() == std::str::from_utf8(v).ok()
+        });
+    println!(
+        "sequential_seconds={seconds:.2} sequential_mb_per_sec={:.1} job_to_sequential_ratio={:.2} outputs_agree={agree}",
+        bytes as f64 / 1e6 / seconds,
+        seconds / job_seconds.max(1e-9)
+    );
+    if agree {
+        Ok(())
+    } else {
+        Err("the job's output differs from the sequential count".into())
     }
 }
 
