@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: build flotilla, start a 3-node cluster on loopback over QUIC
 # with mutual TLS, write and read through it, kill -9 the leader and keep
-# going, benchmark, then stop every node gracefully.
+# going, benchmark, then stop every node gracefully; then run a MapReduce
+# word count on an embedded store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin flotilla
@@ -41,3 +42,9 @@ for id in "${!pids[@]}"; do kill -TERM "${pids[$id]}"; done
 for id in "${!pids[@]}"; do wait "${pids[$id]}"; done
 pids=()
 echo "all nodes stopped cleanly"
+
+echo "MapReduce: word count over this repository's docs, on an embedded store"
+"$bin" import README.md docs/ARCHITECTURE.md --prefix docs/ --data "$dir/mr"
+"$bin" mr run wc --input docs/ --output wc/ --reduce 4 --compare-sequential --data "$dir/mr"
+echo "count of 'Raft' -> $("$bin" get wc/Raft --data "$dir/mr")"
+"$bin" mr status --data "$dir/mr"

@@ -277,6 +277,27 @@ fn stale_leader_learns_the_new_term_from_any_follower() {
 }
 
 #[test]
+fn a_message_from_node_zero_is_refused_and_moves_nothing() {
+    let mut c = core_with(2, &[1, 2, 3], |_| {});
+    let before = c.status();
+    let forged = Message {
+        group: 1,
+        from: 0,
+        to: 2,
+        term: 9,
+        body: MessageBody::Heartbeat {
+            commit: 0,
+            round: 1,
+        },
+    };
+    assert!(c.step(forged).is_err());
+    let (_, msgs) = flush(&mut c);
+    assert!(msgs.is_empty());
+    assert_eq!(c.status().term, before.term);
+    assert_eq!(c.status().leader, before.leader);
+}
+
+#[test]
 fn single_node_elects_itself() {
     let mut c = core(1, &[1]);
     for _ in 0..25 {

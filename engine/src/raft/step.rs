@@ -22,7 +22,13 @@ pub struct MisdirectedMessage {
 impl RaftCore {
     /// Feeds a message from a peer.
     pub fn step(&mut self, msg: Message) -> Result<(), MisdirectedMessage> {
-        if msg.group != self.cfg.group || msg.to != self.cfg.id || msg.from == self.cfg.id {
+        // Node ids start at 1: a message "from" 0 (a client's id on the
+        // wire) is never Raft traffic, and must not move our term.
+        if msg.group != self.cfg.group
+            || msg.to != self.cfg.id
+            || msg.from == self.cfg.id
+            || msg.from == 0
+        {
             return Err(MisdirectedMessage {
                 group: msg.group,
                 to: msg.to,
