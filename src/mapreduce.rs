@@ -21,6 +21,27 @@ pub type JobFactory = Arc<dyn Fn(&str) -> std::result::Result<Arc<dyn Job>, Stri
 /// Where job status records live: reserved keys, not to be written by hand.
 pub const JOB_STATUS_PREFIX: &[u8] = b"\xff\xffflotilla/mr/";
 
+/// Where each job's settings live, for [`Db::resume_job`].
+const JOB_SPEC_PREFIX: &[u8] = b"\xff\xffflotilla/mr-spec/";
+/// Version byte of a stored job's settings.
+const STORED_JOB_VERSION: u8 = 1;
+
+/// A job's settings as stored with it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredJob {
+    job: String,
+    arg: String,
+    #[serde(with = "serde_bytes")]
+    input_start: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    input_end: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    output: Vec<u8>,
+    reduce_tasks: u32,
+    workers: u64,
+    task_timeout_ms: u64,
+}
+
 /// Jobs by name.
 #[derive(Clone)]
 pub(crate) struct JobRegistry(pub(crate) BTreeMap<String, JobFactory>);
@@ -224,50 +245,108 @@ impl Db {
     /// Starts `spec` on this store's worker threads. The job reads its input
     /// and writes its output under `spec.output` only when every task is
     /// done; its status record (see [`Db::jobs`]) says running, committed or
-    /// failed. MapReduce runs on an embedded store for now; a cluster member
-    /// refuses it.
+    /// failed. A job whose process died can be continued with
+    /// [`Db::resume_job`]. MapReduce runs on an embedded store for now; a
+    /// cluster member refuses it.
     pub fn mapreduce(&self, spec: MapReduceSpec) -> Result<JobHandle> {
+        let (input_start, input_end) = spec.input.bounds()?;
+        let stored = StoredJob {
+            job: spec.job,
+            arg: spec.arg,
+            input_start,
+            input_end,
+            output: spec.output,
+            reduce_tasks: spec.reduce_tasks,
+            workers: spec.workers as u64,
+            task_timeout_ms: spec.task_timeout.as_millis() as u64,
+        };
+        let id = format!(
+            "{}-{}-{}",
+            sanitize(&stored.job),
+            now_ms(),
+            std::process::id()
+        );
+        self.start_job(id, stored, spec.replace, false)
+    }
+
+    /// Continues job `id` (see [`Db::jobs`]) that was running when its
+    /// process died: tasks whose output files survived are not run again.
+    /// The job must be registered under the same name as before.
+    pub fn resume_job(&self, id: &str) -> Result<JobHandle> {
+        let status = self
+            .get([JOB_STATUS_PREFIX, id.as_bytes()].concat())?
+            .ok_or_else(|| Error::InvalidArgument(format!("no job {id:?}")))?;
+        if !status.starts_with(b"running") {
+            return Err(Error::InvalidArgument(format!(
+                "job {id} is not running: {}",
+                String::from_utf8_lossy(&status)
+            )));
+        }
+        let record = self
+            .get([JOB_SPEC_PREFIX, id.as_bytes()].concat())?
+            .ok_or_else(|| Error::Storage(format!("job {id} has no stored settings")))?;
+        let stored: StoredJob = match record.split_first() {
+            Some((&STORED_JOB_VERSION, body)) => postcard::from_bytes(body)
+                .map_err(|e| Error::Storage(format!("job {id}'s settings: {e}")))?,
+            _ => {
+                return Err(Error::Storage(format!(
+                    "job {id}'s settings: unknown version"
+                )))
+            }
+        };
+        self.start_job(id.to_string(), stored, false, true)
+    }
+
+    fn start_job(
+        &self,
+        id: String,
+        stored: StoredJob,
+        replace: bool,
+        resume: bool,
+    ) -> Result<JobHandle> {
         if self.is_cluster_member() {
             return Err(Error::InvalidArgument(
                 "MapReduce over a cluster is not built yet; run it on an embedded store".into(),
             ));
         }
-        let factory = self.job_factory(&spec.job).ok_or_else(|| {
+        let factory = self.job_factory(&stored.job).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "no job named {:?} (known: {})",
-                spec.job,
+                stored.job,
                 self.job_names().join(", ")
             ))
         })?;
-        let job = factory(&spec.arg).map_err(Error::InvalidArgument)?;
-        let (input_start, input_end) = spec.input.bounds()?;
-        let id = format!(
-            "{}-{}-{}",
-            sanitize(&spec.job),
-            now_ms(),
-            std::process::id()
-        );
+        let job = factory(&stored.arg).map_err(Error::InvalidArgument)?;
         let job_spec = JobSpec {
             id: id.clone(),
             job,
-            input_start,
-            input_end,
-            output_prefix: spec.output.clone(),
-            reduce_tasks: spec.reduce_tasks,
-            workers: spec.workers,
-            task_timeout: spec.task_timeout,
+            input_start: stored.input_start.clone(),
+            input_end: stored.input_end.clone(),
+            output_prefix: stored.output.clone(),
+            reduce_tasks: stored.reduce_tasks,
+            workers: stored.workers as usize,
+            task_timeout: Duration::from_millis(stored.task_timeout_ms),
             work_dir: self.path().join("mapreduce"),
-            replace: spec.replace,
+            replace,
+            resume,
         };
         let status_key = [JOB_STATUS_PREFIX, id.as_bytes()].concat();
         let summary = format!(
             "job {} input {:?}..{:?} output {:?}",
-            spec.job,
-            String::from_utf8_lossy(&job_spec.input_start),
-            String::from_utf8_lossy(&job_spec.input_end),
-            String::from_utf8_lossy(&spec.output)
+            stored.job,
+            String::from_utf8_lossy(&stored.input_start),
+            String::from_utf8_lossy(&stored.input_end),
+            String::from_utf8_lossy(&stored.output)
         );
-        self.put(&status_key, format!("running {summary}"))?;
+        if !resume {
+            let mut record = vec![STORED_JOB_VERSION];
+            record.extend(
+                postcard::to_stdvec(&stored)
+                    .map_err(|e| Error::InvalidArgument(format!("job settings: {e}")))?,
+            );
+            self.put([JOB_SPEC_PREFIX, id.as_bytes()].concat(), record)?;
+            self.put(&status_key, format!("running {summary}"))?;
+        }
         let (tx, progress) = mpsc::channel();
         let db = self.clone();
         let thread = std::thread::Builder::new()

@@ -460,3 +460,100 @@ fn a_non_empty_output_is_refused_unless_replace_is_asked() {
         .wait()
         .is_err());
 }
+
+/// Word count that takes its time: 100 ms per map call, 20 ms per reduce
+/// call, so a test can kill the process in the middle of a job.
+struct SlowWordCount;
+
+impl Job for SlowWordCount {
+    fn map(&self, key: &[u8], value: &[u8], emit: &mut Emit<'_>) {
+        std::thread::sleep(Duration::from_millis(100));
+        WordCount.map(key, value, emit);
+    }
+
+    fn reduce(&self, key: &[u8], values: &mut Values<'_>, emit: &mut Emit<'_>) {
+        std::thread::sleep(Duration::from_millis(20));
+        WordCount.reduce(key, values, emit);
+    }
+}
+
+#[test]
+#[ignore = "run by a_job_killed_mid_way_resumes_where_it_was in a child process"]
+fn slow_job_child() {
+    let Ok(path) = std::env::var("FLOTILLA_MR_KILL_DB") else {
+        return;
+    };
+    let db = Db::builder(path)
+        .job("wc-slow", SlowWordCount)
+        .open()
+        .unwrap();
+    let handle = db.mapreduce(spec("wc-slow", "wc/", 4, 2)).unwrap();
+    println!("ID {}", handle.id());
+    let _ = handle.wait();
+}
+
+#[test]
+fn a_job_killed_mid_way_resumes_where_it_was() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let docs = corpus(32, 60);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let db = Db::open(&path).unwrap();
+        db.put_all(
+            docs.iter()
+                .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
+                .collect(),
+        )
+        .unwrap();
+        db.close().unwrap();
+    }
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "slow_job_child", "--nocapture"])
+        .env("FLOTILLA_MR_KILL_DB", &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let id = loop {
+        let line = lines.next().expect("the child printed its job id").unwrap();
+        if let Some(id) = line.strip_prefix("ID ") {
+            break id.to_string();
+        }
+    };
+    // Kill -9 once a few map tasks are whole on disk, long before the end.
+    let job_dir = path.join("mapreduce").join(format!("mr-{id}"));
+    let whole_maps = |dir: &std::path::Path| {
+        (0..16)
+            .filter(|m| (0..4).all(|r| dir.join(format!("mr-{id}-{m}-{r}")).is_file()))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while whole_maps(&job_dir) < 4 {
+        assert!(Instant::now() < deadline, "the child made no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let done_before = whole_maps(&job_dir);
+    assert!(done_before < 16, "the job finished before the kill");
+
+    let db = Db::builder(&path).job("wc-slow", WordCount).open().unwrap();
+    let jobs = db.jobs().unwrap();
+    assert!(jobs[0].1.starts_with("running"), "{jobs:?}");
+    assert!(output(&db, "wc/").is_empty(), "output of an unfinished job");
+    let report = db.resume_job(&id).unwrap().wait().unwrap();
+    assert_eq!(output(&db, "wc/"), reference_word_count(&docs));
+    let p = report.progress;
+    // The maps finished before the kill were not run again.
+    assert_eq!(
+        report.task_runs,
+        p.maps_total + p.reduces_total - done_before as u64
+    );
+    assert!(db.jobs().unwrap()[0].1.starts_with("committed"));
+    // A committed job cannot be resumed.
+    assert!(db.resume_job(&id).is_err());
+}

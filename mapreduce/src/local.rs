@@ -51,6 +51,10 @@ pub struct JobSpec {
     pub work_dir: PathBuf,
     /// Clear a non-empty output prefix instead of refusing the job.
     pub replace: bool,
+    /// Continue a job that was interrupted (its process died): tasks whose
+    /// output files are in its directory count as completed, and the
+    /// output prefix is not checked (it holds at most this job's output).
+    pub resume: bool,
 }
 
 /// How far a job got.
@@ -163,9 +167,10 @@ pub fn run_local(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Report, MapReduceError> {
     validate(&spec)?;
-    if !store
-        .is_prefix_empty(&spec.output_prefix)
-        .map_err(MapReduceError::Store)?
+    if !spec.resume
+        && !store
+            .is_prefix_empty(&spec.output_prefix)
+            .map_err(MapReduceError::Store)?
     {
         if !spec.replace {
             return Err(MapReduceError::OutputNotEmpty {
@@ -181,12 +186,18 @@ pub fn run_local(
         .map_err(MapReduceError::Store)?;
     let dir = spec.work_dir.join(format!("mr-{}", spec.id));
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let mut coordinator = Coordinator::new(
+        splits.len() as u32,
+        spec.reduce_tasks,
+        spec.task_timeout.as_millis() as u64,
+    );
+    if spec.resume {
+        for task in completed_on_disk(&dir, &spec.id, splits.len() as u32, spec.reduce_tasks) {
+            coordinator.complete(task);
+        }
+    }
     let shared = Arc::new(Shared {
-        coordinator: Mutex::new(Coordinator::new(
-            splits.len() as u32,
-            spec.reduce_tasks,
-            spec.task_timeout.as_millis() as u64,
-        )),
+        coordinator: Mutex::new(coordinator),
         splits,
         store: store.clone(),
         dir: dir.clone(),
@@ -207,6 +218,34 @@ pub fn run_local(
         }
     }
     result
+}
+
+/// The tasks an earlier run of the job finished: a map whose run files for
+/// every partition exist (each was renamed into place whole, after an
+/// fsync), a reduce whose output file exists.
+fn completed_on_disk(dir: &Path, job: &str, maps: u32, reduces: u32) -> Vec<TaskId> {
+    let mut done = Vec::new();
+    for map in 0..maps {
+        if (0..reduces).all(|r| dir.join(map_run_name(job, map, r)).is_file()) {
+            done.push(TaskId {
+                kind: TaskKind::Map,
+                index: map,
+            });
+        }
+    }
+    // A reduce output only counts once every map is done: it was produced
+    // from all of them.
+    if done.len() == maps as usize {
+        for reduce in 0..reduces {
+            if dir.join(reduce_output_name(job, reduce)).is_file() {
+                done.push(TaskId {
+                    kind: TaskKind::Reduce,
+                    index: reduce,
+                });
+            }
+        }
+    }
+    done
 }
 
 fn validate(spec: &JobSpec) -> Result<(), MapReduceError> {

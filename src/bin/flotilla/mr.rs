@@ -34,6 +34,13 @@ pub(crate) struct ImportArgs {
 pub(crate) enum MrCommand {
     /// Run a job and print its report.
     Run(RunArgs),
+    /// Continue a job whose process died (see `mr status` for its id).
+    Resume {
+        /// The job's id.
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// List the jobs and their status.
     Status {
         #[command(flatten)]
@@ -193,45 +200,58 @@ pub(crate) fn run(command: MrCommand) -> Result<(), String> {
             spec.workers = args.workers;
             spec.task_timeout = Duration::from_secs(args.task_timeout_secs.max(1));
             spec.replace = args.replace;
-            let mut handle = db.mapreduce(spec).map_err(|e| e.to_string())?;
-            let progress = bar(0, "tasks");
-            while let Some(p) = handle.next_progress(Duration::from_millis(200)) {
-                progress.set_length(p.maps_total + p.reduces_total);
-                progress.set_position(p.maps_done + p.reduces_done);
-                progress.set_message(format!(
-                    "maps {}/{} reduces {}/{} in {} MB",
-                    p.maps_done,
-                    p.maps_total,
-                    p.reduces_done,
-                    p.reduces_total,
-                    p.bytes_in >> 20
-                ));
-            }
-            progress.finish_and_clear();
-            let id = handle.id().to_string();
-            let report = handle.wait().map_err(|e| format!("job {id} failed: {e}"))?;
-            let p = report.progress;
-            let seconds = report.elapsed.as_secs_f64().max(1e-9);
-            println!(
-                "job={id} committed_pairs={} maps={} reduces={} task_runs={} crashed_workers={} records_in={} bytes_in={} records_out={} seconds={:.2} commit_seconds={:.2} mb_per_sec={:.1}",
-                report.committed_pairs,
-                p.maps_total,
-                p.reduces_total,
-                report.task_runs,
-                report.crashed_workers,
-                p.records_in,
-                p.bytes_in,
-                p.records_out,
-                seconds,
-                report.commit_elapsed.as_secs_f64(),
-                p.bytes_in as f64 / 1e6 / seconds
-            );
+            let handle = db.mapreduce(spec).map_err(|e| e.to_string())?;
+            let (bytes_in, seconds) = follow(handle)?;
             if args.compare_sequential {
-                compare_sequential(&db, &args.input, &args.output, p.bytes_in, seconds)?;
+                compare_sequential(&db, &args.input, &args.output, bytes_in, seconds)?;
             }
             db.close().map_err(|e| e.to_string())
         }
+        MrCommand::Resume { id, target } => {
+            let db = open_local(&target)?;
+            let handle = db.resume_job(&id).map_err(|e| e.to_string())?;
+            follow(handle)?;
+            db.close().map_err(|e| e.to_string())
+        }
     }
+}
+
+/// Shows a job's progress, then prints its report; returns the input bytes
+/// and the seconds it took.
+fn follow(mut handle: flotilla::JobHandle) -> Result<(u64, f64), String> {
+    let progress = bar(0, "tasks");
+    while let Some(p) = handle.next_progress(Duration::from_millis(200)) {
+        progress.set_length(p.maps_total + p.reduces_total);
+        progress.set_position(p.maps_done + p.reduces_done);
+        progress.set_message(format!(
+            "maps {}/{} reduces {}/{} in {} MB",
+            p.maps_done,
+            p.maps_total,
+            p.reduces_done,
+            p.reduces_total,
+            p.bytes_in >> 20
+        ));
+    }
+    progress.finish_and_clear();
+    let id = handle.id().to_string();
+    let report = handle.wait().map_err(|e| format!("job {id} failed: {e}"))?;
+    let p = report.progress;
+    let seconds = report.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "job={id} committed_pairs={} maps={} reduces={} task_runs={} crashed_workers={} records_in={} bytes_in={} records_out={} seconds={:.2} commit_seconds={:.2} mb_per_sec={:.1}",
+        report.committed_pairs,
+        p.maps_total,
+        p.reduces_total,
+        report.task_runs,
+        report.crashed_workers,
+        p.records_in,
+        p.bytes_in,
+        p.records_out,
+        seconds,
+        report.commit_elapsed.as_secs_f64(),
+        p.bytes_in as f64 / 1e6 / seconds
+    );
+    Ok((p.bytes_in, seconds))
 }
 
 /// Word count on one thread over the same input, checked against the job's
