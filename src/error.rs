@@ -45,6 +45,9 @@ pub enum Error {
     /// The `Db` was closed.
     #[error("the database is closed")]
     Closed,
+    /// A MapReduce job was cancelled; it left no output.
+    #[error("the job was cancelled; it left no output")]
+    Cancelled,
 }
 
 fn leader_hint(leader: Option<u64>) -> String {

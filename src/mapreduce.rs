@@ -2,6 +2,7 @@
 //! handle of a running job. The runner itself is `flotilla-mapreduce`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -122,6 +123,7 @@ pub struct JobHandle {
     id: String,
     progress: mpsc::Receiver<Progress>,
     latest: Progress,
+    cancel: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<Result<Report>>,
 }
 
@@ -149,6 +151,14 @@ impl JobHandle {
             Err(mpsc::RecvTimeoutError::Timeout) => Some(self.latest),
             Err(mpsc::RecvTimeoutError::Disconnected) => None,
         }
+    }
+
+    /// Stops the job: workers stop at their next record or task, and
+    /// [`wait`](Self::wait) returns [`Error::Cancelled`] with nothing left
+    /// under the output prefix. Too late once the commit has begun.
+    pub fn cancel(&self) {
+        self.cancel
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Waits for the end: the report of a committed job, or why it failed
@@ -329,7 +339,9 @@ impl Db {
             work_dir: self.path().join("mapreduce"),
             replace,
             resume,
+            cancel: Arc::new(AtomicBool::new(false)),
         };
+        let cancel = job_spec.cancel.clone();
         let status_key = [JOB_STATUS_PREFIX, id.as_bytes()].concat();
         let summary = format!(
             "job {} input {:?}..{:?} output {:?}",
@@ -370,6 +382,7 @@ impl Db {
                     flotilla_mapreduce::MapReduceError::OutputNotEmpty { .. } => {
                         Error::InvalidArgument(e.to_string())
                     }
+                    flotilla_mapreduce::MapReduceError::Cancelled => Error::Cancelled,
                     other => Error::Storage(other.to_string()),
                 })
             })
@@ -378,6 +391,7 @@ impl Db {
             id,
             progress,
             latest: Progress::default(),
+            cancel,
             thread,
         })
     }

@@ -370,6 +370,44 @@ fn no_output_is_visible_and_nothing_ends_before_the_whole_output_is_committed() 
     assert!(db.jobs().unwrap()[0].1.starts_with("committed"));
 }
 
+#[test]
+fn a_cancelled_job_fails_and_leaves_no_output() {
+    let docs = corpus(20, 100);
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let reduces_started = Arc::new(AtomicU64::new(0));
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder(dir.path().join("db"))
+        .job(
+            "gated",
+            GatedWordCount {
+                gate: Arc::clone(&gate),
+                reduces_started: Arc::clone(&reduces_started),
+            },
+        )
+        .open()
+        .unwrap();
+    db.put_all(
+        docs.iter()
+            .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
+            .collect(),
+    )
+    .unwrap();
+    let handle = db.mapreduce(spec("gated", "wc/", 3, 3)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reduces_started.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "reduces did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    handle.cancel();
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    assert_eq!(handle.wait().unwrap_err(), flotilla::Error::Cancelled);
+    assert!(output(&db, "wc/").is_empty());
+    let jobs = db.jobs().unwrap();
+    assert!(jobs[0].1.starts_with("failed"), "{jobs:?}");
+    assert!(jobs[0].1.contains("cancelled"), "{jobs:?}");
+}
+
 /// Word count whose calls crash (panic) or stall past the task timeout now
 /// and then, decided by a hash of the key and a per-call counter.
 struct CrashingWordCount {

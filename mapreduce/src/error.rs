@@ -31,6 +31,9 @@ pub enum MapReduceError {
     /// The job's settings are unusable.
     #[error("invalid job: {0}")]
     Invalid(String),
+    /// The job was cancelled; it left no output.
+    #[error("the job was cancelled")]
+    Cancelled,
     /// The output prefix holds data and `replace` was not asked for.
     #[error("the output prefix {prefix:?} is not empty; pass replace to overwrite it")]
     OutputNotEmpty {

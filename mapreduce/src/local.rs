@@ -6,7 +6,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -51,6 +51,9 @@ pub struct JobSpec {
     pub work_dir: PathBuf,
     /// Clear a non-empty output prefix instead of refusing the job.
     pub replace: bool,
+    /// Set to stop the job: workers stop at their next record or task, and
+    /// the job ends with [`MapReduceError::Cancelled`], leaving no output.
+    pub cancel: Arc<AtomicBool>,
     /// Continue a job that was interrupted (its process died): tasks whose
     /// output files are in its directory count as completed, and the
     /// output prefix is not checked (it holds at most this job's output).
@@ -133,7 +136,15 @@ impl Shared {
     }
 
     fn failed(&self) -> bool {
+        if self.cancelled() {
+            self.fail(MapReduceError::Cancelled);
+            return true;
+        }
         self.fatal.lock().map(|f| f.is_some()).unwrap_or(true)
+    }
+
+    fn cancelled(&self) -> bool {
+        self.spec.cancel.load(Ordering::Relaxed)
     }
 
     fn fail(&self, e: MapReduceError) {
@@ -207,7 +218,12 @@ pub fn run_local(
         fatal: Mutex::new(None),
         spec,
     });
-    let result = supervise(&shared, progress).and_then(|crashed| commit(&shared, crashed));
+    let result = supervise(&shared, progress).and_then(|crashed| {
+        if shared.cancelled() {
+            return Err(MapReduceError::Cancelled);
+        }
+        commit(&shared, crashed)
+    });
     // Every worker has exited: nothing writes in the job directory any more.
     if let Err(e) = std::fs::remove_dir_all(&dir) {
         warn!(dir = %dir.display(), "cannot remove a job's intermediate files: {e}");
@@ -395,6 +411,10 @@ fn run_map(shared: &Shared, worker: u64, map: u32) -> Result<(), MapReduceError>
             if spill_error.is_some() {
                 return;
             }
+            if shared.cancelled() {
+                spill_error = Some(MapReduceError::Cancelled);
+                return;
+            }
             shared.counters.records_in.fetch_add(1, Ordering::Relaxed);
             shared
                 .counters
@@ -506,6 +526,9 @@ fn run_reduce(shared: &Shared, reduce: u32) -> Result<(), MapReduceError> {
     let mut merge = Merge::new(readers)?;
     let mut result = Ok(());
     merge.for_each_group(|key, values| {
+        if result.is_ok() && shared.cancelled() {
+            result = Err(MapReduceError::Cancelled);
+        }
         spec.job.reduce(key, values, &mut |k, v| {
             if result.is_ok() {
                 let mut full = spec.output_prefix.clone();
