@@ -101,13 +101,32 @@ fn reference_word_count(docs: &[(String, String)]) -> BTreeMap<Vec<u8>, Vec<u8>>
 fn store_with(docs: &[(String, String)]) -> (tempfile::TempDir, Db) {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path().join("db")).unwrap();
+    load(&db, docs);
+    (dir, db)
+}
+
+/// A store with `job` registered as `name`, holding `docs`.
+fn store_with_job(
+    docs: &[(String, String)],
+    name: &str,
+    job: impl Job + 'static,
+) -> (tempfile::TempDir, Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder(dir.path().join("db"))
+        .job(name, job)
+        .open()
+        .unwrap();
+    load(&db, docs);
+    (dir, db)
+}
+
+fn load(db: &Db, docs: &[(String, String)]) {
     db.put_all(
         docs.iter()
             .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
             .collect(),
     )
     .unwrap();
-    (dir, db)
 }
 
 fn output(db: &Db, prefix: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
@@ -215,23 +234,14 @@ impl Job for ParallelProbe {
 fn probe(workers: usize) -> (Arc<Concurrency>, Arc<Concurrency>) {
     let docs = corpus(32, 5);
     let (maps, reduces) = (Arc::default(), Arc::default());
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::builder(dir.path().join("db"))
-        .job(
-            "probe",
-            ParallelProbe {
-                maps: Arc::clone(&maps),
-                reduces: Arc::clone(&reduces),
-            },
-        )
-        .open()
-        .unwrap();
-    db.put_all(
-        docs.iter()
-            .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
-            .collect(),
-    )
-    .unwrap();
+    let (_dir, db) = store_with_job(
+        &docs,
+        "probe",
+        ParallelProbe {
+            maps: Arc::clone(&maps),
+            reduces: Arc::clone(&reduces),
+        },
+    );
     db.mapreduce(spec("probe", "p/", 4, workers))
         .unwrap()
         .wait()
@@ -273,22 +283,13 @@ impl Job for CountingWordCount {
 fn without_failures_every_map_runs_exactly_once() {
     let docs = corpus(30, 50);
     let calls = Arc::new(Mutex::new(HashMap::new()));
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::builder(dir.path().join("db"))
-        .job(
-            "counting",
-            CountingWordCount {
-                calls: Arc::clone(&calls),
-            },
-        )
-        .open()
-        .unwrap();
-    db.put_all(
-        docs.iter()
-            .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
-            .collect(),
-    )
-    .unwrap();
+    let (_dir, db) = store_with_job(
+        &docs,
+        "counting",
+        CountingWordCount {
+            calls: Arc::clone(&calls),
+        },
+    );
     let report = db
         .mapreduce(spec("counting", "wc/", 5, 3))
         .unwrap()
@@ -327,33 +328,45 @@ impl Job for GatedWordCount {
     }
 }
 
+/// The handles a test keeps on a [`GatedWordCount`].
+struct Gated {
+    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    reduces_started: Arc<AtomicU64>,
+}
+
+impl Gated {
+    fn open_gate(&self) {
+        *self.gate.0.lock().unwrap() = true;
+        self.gate.1.notify_all();
+    }
+}
+
+/// A store holding `docs` with a [`GatedWordCount`] registered as "gated".
+fn gated_store(docs: &[(String, String)]) -> (tempfile::TempDir, Db, Gated) {
+    let gated = Gated {
+        gate: Arc::new((Mutex::new(false), std::sync::Condvar::new())),
+        reduces_started: Arc::new(AtomicU64::new(0)),
+    };
+    let (dir, db) = store_with_job(
+        docs,
+        "gated",
+        GatedWordCount {
+            gate: Arc::clone(&gated.gate),
+            reduces_started: Arc::clone(&gated.reduces_started),
+        },
+    );
+    (dir, db, gated)
+}
+
 #[test]
 fn no_output_is_visible_and_nothing_ends_before_the_whole_output_is_committed() {
     let docs = corpus(20, 100);
-    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-    let reduces_started = Arc::new(AtomicU64::new(0));
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::builder(dir.path().join("db"))
-        .job(
-            "gated",
-            GatedWordCount {
-                gate: Arc::clone(&gate),
-                reduces_started: Arc::clone(&reduces_started),
-            },
-        )
-        .open()
-        .unwrap();
-    db.put_all(
-        docs.iter()
-            .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
-            .collect(),
-    )
-    .unwrap();
+    let (_dir, db, job) = gated_store(&docs);
     let mut handle = db.mapreduce(spec("gated", "wc/", 3, 3)).unwrap();
     // Wait until the other reduces got through everything they could.
     let distinct = reference_word_count(&docs).len() as u64;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while reduces_started.load(Ordering::SeqCst) < distinct {
+    while job.reduces_started.load(Ordering::SeqCst) < distinct {
         assert!(Instant::now() < deadline, "reduces did not run");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -361,8 +374,7 @@ fn no_output_is_visible_and_nothing_ends_before_the_whole_output_is_committed() 
     assert!(p.reduces_done < p.reduces_total, "{p:?}");
     assert!(output(&db, "wc/").is_empty(), "output before the commit");
     assert!(db.jobs().unwrap()[0].1.starts_with("running"));
-    *gate.0.lock().unwrap() = true;
-    gate.1.notify_all();
+    job.open_gate();
     let report = handle.wait().unwrap();
     // When the job reports, the whole output is there and marked committed.
     assert_eq!(output(&db, "wc/"), reference_word_count(&docs));
@@ -373,34 +385,15 @@ fn no_output_is_visible_and_nothing_ends_before_the_whole_output_is_committed() 
 #[test]
 fn a_cancelled_job_fails_and_leaves_no_output() {
     let docs = corpus(20, 100);
-    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-    let reduces_started = Arc::new(AtomicU64::new(0));
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::builder(dir.path().join("db"))
-        .job(
-            "gated",
-            GatedWordCount {
-                gate: Arc::clone(&gate),
-                reduces_started: Arc::clone(&reduces_started),
-            },
-        )
-        .open()
-        .unwrap();
-    db.put_all(
-        docs.iter()
-            .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
-            .collect(),
-    )
-    .unwrap();
+    let (_dir, db, job) = gated_store(&docs);
     let handle = db.mapreduce(spec("gated", "wc/", 3, 3)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while reduces_started.load(Ordering::SeqCst) == 0 {
+    while job.reduces_started.load(Ordering::SeqCst) == 0 {
         assert!(Instant::now() < deadline, "reduces did not start");
         std::thread::sleep(Duration::from_millis(5));
     }
     handle.cancel();
-    *gate.0.lock().unwrap() = true;
-    gate.1.notify_all();
+    job.open_gate();
     assert_eq!(handle.wait().unwrap_err(), flotilla::Error::Cancelled);
     assert!(output(&db, "wc/").is_empty());
     let jobs = db.jobs().unwrap();
@@ -443,22 +436,13 @@ impl Job for CrashingWordCount {
 #[test]
 fn crashing_and_stalling_workers_still_give_exactly_the_reference_output() {
     let docs = corpus(48, 150);
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::builder(dir.path().join("db"))
-        .job(
-            "crashing",
-            CrashingWordCount {
-                calls: AtomicU64::new(0),
-            },
-        )
-        .open()
-        .unwrap();
-    db.put_all(
-        docs.iter()
-            .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
-            .collect(),
-    )
-    .unwrap();
+    let (_dir, db) = store_with_job(
+        &docs,
+        "crashing",
+        CrashingWordCount {
+            calls: AtomicU64::new(0),
+        },
+    );
     let mut spec = spec("crashing", "wc/", 6, 3);
     spec.task_timeout = Duration::from_secs(1);
     let report = db.mapreduce(spec).unwrap().wait().unwrap();
@@ -540,12 +524,7 @@ fn a_job_killed_mid_way_resumes_where_it_was() {
     let path = dir.path().join("db");
     {
         let db = Db::open(&path).unwrap();
-        db.put_all(
-            docs.iter()
-                .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
-                .collect(),
-        )
-        .unwrap();
+        load(&db, &docs);
         db.close().unwrap();
     }
     let mut child = Command::new(std::env::current_exe().unwrap())

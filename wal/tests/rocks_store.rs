@@ -20,6 +20,16 @@ fn entry(index: u64, term: u64, len: usize) -> Entry {
     }
 }
 
+/// The durabilities that do not sync every write.
+fn unsynced() -> [Durability; 2] {
+    [
+        Durability::Buffered {
+            max_delay: std::time::Duration::from_millis(2),
+        },
+        Durability::None,
+    ]
+}
+
 fn append(group: u64, entries: Vec<Entry>) -> Vec<LogWrite> {
     vec![LogWrite {
         group,
@@ -70,12 +80,7 @@ fn everything_written_is_there_after_reopening() {
 
 #[test]
 fn buffered_and_none_durability_still_read_back() {
-    for durability in [
-        Durability::Buffered {
-            max_delay: std::time::Duration::from_millis(2),
-        },
-        Durability::None,
-    ] {
+    for durability in unsynced() {
         let dir = tempfile::tempdir().unwrap();
         let store = RocksLogStore::open(dir.path(), durability).unwrap();
         store
@@ -87,13 +92,7 @@ fn buffered_and_none_durability_still_read_back() {
 
 #[test]
 fn writes_made_on_the_calling_thread_are_checked_and_durable_like_submitted_ones() {
-    for durability in [
-        Durability::Sync,
-        Durability::Buffered {
-            max_delay: std::time::Duration::from_millis(2),
-        },
-        Durability::None,
-    ] {
+    for durability in [Durability::Sync].into_iter().chain(unsynced()) {
         let dir = tempfile::tempdir().unwrap();
         let store = RocksLogStore::open(dir.path(), durability).unwrap();
         store
