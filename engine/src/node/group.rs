@@ -335,11 +335,23 @@ impl GroupLoop {
     async fn process_ready(&mut self) {
         while self.core.has_ready() {
             let ready = self.core.take_ready();
-            if let Some(request) = ready.persist {
-                self.persist(request).await;
+            // A log written inline blocks this loop until it is durable, so
+            // the messages go first: they are safe to send before the
+            // persist (the core holds back those that promise durable
+            // state), and a leader's appends then reach the followers while
+            // its own write runs. A log handed to the writer thread goes
+            // first: the writer starts on it while the messages go out.
+            let mut persist = ready.persist;
+            if !self.write_log_inline {
+                if let Some(request) = persist.take() {
+                    self.persist(request).await;
+                }
             }
             for msg in ready.messages {
                 self.transport.send(msg);
+            }
+            if let Some(request) = persist {
+                self.persist(request).await;
             }
             if !ready.committed_entries.is_empty() {
                 self.apply(ready.committed_entries);
