@@ -41,6 +41,17 @@ struct StoredJob {
     reduce_tasks: u32,
     workers: u64,
     task_timeout_ms: u64,
+    /// Chosen when the job started, so a resumed job maps the same ones.
+    splits: Vec<StoredSplit>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredSplit {
+    shard: u16,
+    #[serde(with = "serde_bytes")]
+    start: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    end: Vec<u8>,
 }
 
 /// Jobs by name.
@@ -100,6 +111,9 @@ pub struct MapReduceSpec {
     pub task_timeout: Duration,
     /// Clear a non-empty output prefix first instead of refusing. Default false.
     pub replace: bool,
+    /// Input bytes per map task, about (a split never spans shards).
+    /// Default 64 MiB.
+    pub split_bytes: u64,
 }
 
 impl MapReduceSpec {
@@ -114,6 +128,7 @@ impl MapReduceSpec {
             workers: 2,
             task_timeout: Duration::from_secs(10),
             replace: false,
+            split_bytes: 64 << 20,
         }
     }
 }
@@ -124,6 +139,8 @@ pub struct JobHandle {
     progress: mpsc::Receiver<Progress>,
     latest: Progress,
     cancel: Arc<AtomicBool>,
+    /// Time spent choosing the splits before the runner started.
+    planning: Duration,
     thread: std::thread::JoinHandle<Result<Report>>,
 }
 
@@ -164,24 +181,73 @@ impl JobHandle {
     /// Waits for the end: the report of a committed job, or why it failed
     /// (its output prefix is then empty).
     pub fn wait(self) -> Result<Report> {
+        let planning = self.planning;
         self.thread
             .join()
             .unwrap_or_else(|_| Err(Error::Storage("the job's runner panicked".into())))
+            .map(|mut report| {
+                // The report covers the whole job, choosing the splits too.
+                report.elapsed += planning;
+                report
+            })
     }
 }
 
-/// The store as a job sees it: one split per shard of the input range.
+/// The store as a job sees it: splits are slices of one shard each.
 struct DbStore(Db);
 
+/// The inner keys of `shard`'s part of user keys `start..end`.
+fn shard_bounds(shard: u16, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let to = if end.is_empty() {
+        keys::shard_key(shard + 1, b"")
+    } else {
+        keys::shard_key(shard, end)
+    };
+    (keys::shard_key(shard, start), to)
+}
+
 impl Store for DbStore {
-    fn splits(&self, start: &[u8], end: &[u8]) -> std::result::Result<Vec<Split>, String> {
-        Ok((0..keys::SHARDS)
-            .map(|shard| Split {
-                shard,
-                start: start.to_vec(),
-                end: end.to_vec(),
-            })
-            .collect())
+    fn splits(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        max_bytes: u64,
+    ) -> std::result::Result<Vec<Split>, String> {
+        let mut splits = Vec::new();
+        for shard in 0..keys::SHARDS {
+            let (from, to) = shard_bounds(shard, start, end);
+            let mut split_start = start.to_vec();
+            let (mut bytes, mut seen) = (0u64, false);
+            self.0
+                .group_data()
+                .visit(&from, &to, &mut |inner, value| {
+                    let Some((_, key)) = keys::parse_user_key(inner) else {
+                        return true;
+                    };
+                    let size = (key.len() + value.len()) as u64;
+                    if bytes > 0 && bytes + size > max_bytes {
+                        let next = key.to_vec();
+                        splits.push(Split {
+                            shard,
+                            start: std::mem::replace(&mut split_start, next.clone()),
+                            end: next,
+                        });
+                        bytes = 0;
+                    }
+                    bytes += size;
+                    seen = true;
+                    true
+                })
+                .map_err(|e| e.to_string())?;
+            if seen {
+                splits.push(Split {
+                    shard,
+                    start: split_start,
+                    end: end.to_vec(),
+                });
+            }
+        }
+        Ok(splits)
     }
 
     fn read_split(
@@ -189,12 +255,7 @@ impl Store for DbStore {
         split: &Split,
         visit: &mut dyn FnMut(&[u8], &[u8]),
     ) -> std::result::Result<(), String> {
-        let from = keys::shard_key(split.shard, &split.start);
-        let to = if split.end.is_empty() {
-            keys::shard_key(split.shard + 1, b"")
-        } else {
-            keys::shard_key(split.shard, &split.end)
-        };
+        let (from, to) = shard_bounds(split.shard, &split.start, &split.end);
         self.0
             .group_data()
             .visit(&from, &to, &mut |inner, value| {
@@ -260,6 +321,22 @@ impl Db {
     /// cluster member refuses it.
     pub fn mapreduce(&self, spec: MapReduceSpec) -> Result<JobHandle> {
         let (input_start, input_end) = spec.input.bounds()?;
+        if spec.split_bytes == 0 {
+            return Err(Error::InvalidArgument(
+                "split_bytes must be above zero".into(),
+            ));
+        }
+        let planning = std::time::Instant::now();
+        let splits = DbStore(self.clone())
+            .splits(&input_start, &input_end, spec.split_bytes)
+            .map_err(Error::Storage)?
+            .into_iter()
+            .map(|s| StoredSplit {
+                shard: s.shard,
+                start: s.start,
+                end: s.end,
+            })
+            .collect();
         let stored = StoredJob {
             job: spec.job,
             arg: spec.arg,
@@ -269,6 +346,7 @@ impl Db {
             reduce_tasks: spec.reduce_tasks,
             workers: spec.workers as u64,
             task_timeout_ms: spec.task_timeout.as_millis() as u64,
+            splits,
         };
         let id = format!(
             "{}-{}-{}",
@@ -276,7 +354,9 @@ impl Db {
             now_ms(),
             std::process::id()
         );
-        self.start_job(id, stored, spec.replace, false)
+        let mut handle = self.start_job(id, stored, spec.replace, false)?;
+        handle.planning = planning.elapsed();
+        Ok(handle)
     }
 
     /// Continues job `id` (see [`Db::jobs`]) that was running when its
@@ -339,6 +419,18 @@ impl Db {
             work_dir: self.path().join("mapreduce"),
             replace,
             resume,
+            splits: Some(
+                stored
+                    .splits
+                    .iter()
+                    .map(|s| Split {
+                        shard: s.shard,
+                        start: s.start.clone(),
+                        end: s.end.clone(),
+                    })
+                    .collect(),
+            ),
+            split_bytes: u64::MAX,
             cancel: Arc::new(AtomicBool::new(false)),
         };
         let cancel = job_spec.cancel.clone();
@@ -392,6 +484,7 @@ impl Db {
             progress,
             latest: Progress::default(),
             cancel,
+            planning: Duration::ZERO,
             thread,
         })
     }
@@ -411,7 +504,10 @@ impl Db {
         }
         let (start, end) = range.bounds()?;
         let store = DbStore(self.clone());
-        for split in store.splits(&start, &end).map_err(Error::Storage)? {
+        for split in store
+            .splits(&start, &end, u64::MAX)
+            .map_err(Error::Storage)?
+        {
             store.read_split(&split, visit).map_err(Error::Storage)?;
         }
         Ok(())

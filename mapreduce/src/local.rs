@@ -51,6 +51,11 @@ pub struct JobSpec {
     pub work_dir: PathBuf,
     /// Clear a non-empty output prefix instead of refusing the job.
     pub replace: bool,
+    /// The splits to map, as an earlier run chose them (resuming must map
+    /// the same ones); `None`: ask the store for splits of `split_bytes`.
+    pub splits: Option<Vec<Split>>,
+    /// Input bytes per map task, about.
+    pub split_bytes: u64,
     /// Set to stop the job: workers stop at their next record or task, and
     /// the job ends with [`MapReduceError::Cancelled`], leaving no output.
     pub cancel: Arc<AtomicBool>,
@@ -192,9 +197,13 @@ pub fn run_local(
             .delete_prefix(&spec.output_prefix)
             .map_err(MapReduceError::Store)?;
     }
-    let splits = store
-        .splits(&spec.input_start, &spec.input_end)
-        .map_err(MapReduceError::Store)?;
+    let mut spec = spec;
+    let splits = match spec.splits.take() {
+        Some(splits) => splits,
+        None => store
+            .splits(&spec.input_start, &spec.input_end, spec.split_bytes)
+            .map_err(MapReduceError::Store)?,
+    };
     let dir = spec.work_dir.join(format!("mr-{}", spec.id));
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let mut coordinator = Coordinator::new(
@@ -265,9 +274,13 @@ fn completed_on_disk(dir: &Path, job: &str, maps: u32, reduces: u32) -> Vec<Task
 }
 
 fn validate(spec: &JobSpec) -> Result<(), MapReduceError> {
-    if spec.reduce_tasks == 0 || spec.workers == 0 || spec.task_timeout.is_zero() {
+    if spec.reduce_tasks == 0
+        || spec.workers == 0
+        || spec.task_timeout.is_zero()
+        || spec.split_bytes == 0
+    {
         return Err(MapReduceError::Invalid(
-            "a job needs at least one reduce task, one worker and a task timeout above zero".into(),
+            "a job needs at least one reduce task and one worker, and a task timeout and split size above zero".into(),
         ));
     }
     if spec.id.is_empty()

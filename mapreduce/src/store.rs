@@ -14,8 +14,11 @@ pub struct Split {
 
 /// The store a job reads its input from and writes its output to.
 pub trait Store: Send + Sync {
-    /// Splits covering the user keys in `start..end` (empty `end`: no bound).
-    fn splits(&self, start: &[u8], end: &[u8]) -> Result<Vec<Split>, String>;
+    /// Splits covering the user keys in `start..end` (empty `end`: no
+    /// bound), each holding about `max_bytes` of keys and values at most
+    /// (a single larger pair is a split of its own). Parts of the range
+    /// that hold nothing need no split.
+    fn splits(&self, start: &[u8], end: &[u8], max_bytes: u64) -> Result<Vec<Split>, String>;
 
     /// Calls `visit` on every pair of `split`, in key order.
     fn read_split(&self, split: &Split, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), String>;

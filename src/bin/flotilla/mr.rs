@@ -68,6 +68,9 @@ pub(crate) struct RunArgs {
     /// Give a task to another worker after this many seconds.
     #[arg(long, default_value_t = 10)]
     task_timeout_secs: u64,
+    /// Input bytes per map task, about.
+    #[arg(long, default_value_t = 64 << 20)]
+    split_bytes: u64,
     /// The job's argument (grep's pattern).
     #[arg(long, default_value = "")]
     arg: String,
@@ -200,6 +203,7 @@ pub(crate) fn run(command: MrCommand) -> Result<(), String> {
             spec.workers = args.workers;
             spec.task_timeout = Duration::from_secs(args.task_timeout_secs.max(1));
             spec.replace = args.replace;
+            spec.split_bytes = args.split_bytes;
             let handle = db.mapreduce(spec).map_err(|e| e.to_string())?;
             let (bytes_in, seconds) = follow(handle)?;
             if args.compare_sequential {
