@@ -21,6 +21,8 @@ struct Cluster {
     dir: tempfile::TempDir,
     nodes: u64,
     procs: BTreeMap<u64, Child>,
+    /// Processes started per node (its log holds one "opening" line each).
+    starts: BTreeMap<u64, usize>,
     _turn: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -48,6 +50,7 @@ impl Cluster {
             dir,
             nodes,
             procs: BTreeMap::new(),
+            starts: BTreeMap::new(),
             _turn: turn,
         };
         for id in 1..=nodes {
@@ -77,6 +80,24 @@ impl Cluster {
             .spawn()
             .expect("spawn serve");
         self.procs.insert(id, child);
+        *self.starts.entry(id).or_default() += 1;
+    }
+
+    /// Waits until node `id`'s latest process has its signal handlers (it
+    /// logs "opening" right after installing them): a SIGTERM before that
+    /// would find the default action, as it would for any process.
+    fn wait_until_opening(&self, id: u64) {
+        let log = self.path().join(format!("node{id}.log"));
+        let want = self.starts.get(&id).copied().unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.matches("flotilla: opening").count() >= want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {id} never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     fn kill(&mut self, id: u64) {
@@ -87,6 +108,7 @@ impl Cluster {
     }
 
     fn terminate(&mut self, id: u64) -> bool {
+        self.wait_until_opening(id);
         let Some(mut child) = self.procs.remove(&id) else {
             return false;
         };
@@ -317,6 +339,41 @@ fn kill_9_of_all_nodes_repeatedly_loses_nothing() {
             "node {id} did not exit cleanly on SIGTERM"
         );
     }
+}
+
+#[test]
+fn a_sigterm_while_a_member_is_still_opening_stops_it_cleanly() {
+    use std::io::{BufRead, BufReader};
+    let mut cluster = Cluster::start(3);
+    assert!(cluster.terminate(3), "node 3 did not stop cleanly");
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(cluster.path().join("node3.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("the member said something")
+            .expect("line");
+        if line.starts_with("flotilla: opening") {
+            break;
+        }
+    }
+    // SAFETY: plain kill(2) on a child we spawned.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(child.wait().expect("wait").success(), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("stopped cleanly")),
+        "{rest:?}"
+    );
 }
 
 #[test]
@@ -687,6 +744,7 @@ fn a_node_left_behind_catches_up_by_snapshot_and_logs_stay_bounded() {
         dir,
         nodes: 3,
         procs: BTreeMap::new(),
+        starts: BTreeMap::new(),
         _turn: turn,
     };
     for id in 1..=3 {

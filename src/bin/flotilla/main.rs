@@ -238,24 +238,30 @@ fn open(target: &Target) -> Result<Store, String> {
 
 fn serve(config: &std::path::Path) -> Result<(), String> {
     let builder = flotilla::load_node(config).map_err(|e| e.to_string())?;
-    let db = builder
-        .open()
-        .map_err(|e| format!("{}: {e}", config.display()))?;
-    eprintln!("flotilla: serving {}", config.display());
+    // Signal handlers first: a SIGTERM that arrives while the store is
+    // still opening is then a graceful stop once it is open, not a kill.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
-    runtime.block_on(async {
+    let (mut term, mut int) = runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        Ok::<_, String>((
+            signal(SignalKind::terminate()).map_err(|e| e.to_string())?,
+            signal(SignalKind::interrupt()).map_err(|e| e.to_string())?,
+        ))
+    })?;
+    eprintln!("flotilla: opening {}", config.display());
+    let db = builder
+        .open()
+        .map_err(|e| format!("{}: {e}", config.display()))?;
+    eprintln!("flotilla: serving {}", config.display());
+    runtime.block_on(async {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        Ok::<(), String>(())
-    })?;
+    });
     db.close().map_err(|e| e.to_string())?;
     eprintln!("flotilla: stopped cleanly");
     Ok(())
