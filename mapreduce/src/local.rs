@@ -568,19 +568,15 @@ fn commit(shared: &Shared, crashed_workers: u64) -> Result<Report, MapReduceErro
         let path = shared.dir.join(reduce_output_name(&spec.id, reduce));
         committed += commit_file(shared.store.as_ref(), &path)?;
     }
-    let coordinator = shared.coordinator();
+    // Each takes the coordinator's lock: one after the other.
+    let task_runs = shared.coordinator().assignments();
     Ok(Report {
-        progress: Progress::default(),
+        progress: shared.progress(),
         committed_pairs: committed,
-        task_runs: coordinator.assignments(),
+        task_runs,
         crashed_workers,
         elapsed: shared.started.elapsed(),
         commit_elapsed: started.elapsed(),
-    })
-    .map(|mut report| {
-        drop(coordinator);
-        report.progress = shared.progress();
-        report
     })
 }
 
