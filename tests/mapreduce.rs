@@ -469,6 +469,44 @@ fn crashing_and_stalling_workers_still_give_exactly_the_reference_output() {
     assert!(report.task_runs > p.maps_total + p.reduces_total);
 }
 
+/// Word count whose first call crashes its worker.
+struct CrashOnceWordCount {
+    calls: AtomicU64,
+}
+
+impl Job for CrashOnceWordCount {
+    fn map(&self, key: &[u8], value: &[u8], emit: &mut Emit<'_>) {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("crash injected by the test");
+        }
+        WordCount.map(key, value, emit);
+    }
+
+    fn reduce(&self, key: &[u8], values: &mut Values<'_>, emit: &mut Emit<'_>) {
+        WordCount.reduce(key, values, emit);
+    }
+}
+
+#[test]
+fn a_crashed_worker_is_replaced_and_its_task_given_out_again() {
+    // One worker: the job can only finish if a new worker takes its place.
+    let docs = corpus(10, 50);
+    let (_dir, db) = store_with_job(
+        &docs,
+        "crash-once",
+        CrashOnceWordCount {
+            calls: AtomicU64::new(0),
+        },
+    );
+    let mut spec = spec("crash-once", "wc/", 2, 1);
+    spec.task_timeout = Duration::from_secs(1);
+    let report = db.mapreduce(spec).unwrap().wait().unwrap();
+    assert_eq!(report.crashed_workers, 1);
+    let p = report.progress;
+    assert_eq!(report.task_runs, p.maps_total + p.reduces_total + 1);
+    assert_eq!(output(&db, "wc/"), reference_word_count(&docs));
+}
+
 #[test]
 fn a_non_empty_output_is_refused_unless_replace_is_asked() {
     let docs = corpus(5, 20);
