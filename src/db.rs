@@ -385,6 +385,16 @@ fn unexpected(response: Response) -> WireError {
     WireError::Other(format!("unexpected response: {response:?}"))
 }
 
+/// Refuses `len` bytes of `what` beyond `max`, naming the `setting`.
+fn within_limit(what: &str, len: usize, max: usize, setting: &str) -> Result<()> {
+    if len > max {
+        return Err(Error::InvalidArgument(format!(
+            "{what} of {len} bytes is over the {max}-byte limit ({setting})"
+        )));
+    }
+    Ok(())
+}
+
 /// Wall-clock milliseconds: the clock session expiry runs on.
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -394,25 +404,21 @@ pub(crate) fn now_ms() -> u64 {
 
 impl AsyncDb {
     fn check_key(&self, key: &[u8]) -> Result<()> {
-        let max = self.inner.settings.max_key_bytes;
-        if key.len() > max {
-            return Err(Error::InvalidArgument(format!(
-                "key of {} bytes is over the {max}-byte limit (max_key_bytes)",
-                key.len()
-            )));
-        }
-        Ok(())
+        within_limit(
+            "key",
+            key.len(),
+            self.inner.settings.max_key_bytes,
+            "max_key_bytes",
+        )
     }
 
     fn check_value(&self, value: &[u8]) -> Result<()> {
-        let max = self.inner.settings.max_value_bytes;
-        if value.len() > max {
-            return Err(Error::InvalidArgument(format!(
-                "value of {} bytes is over the {max}-byte limit (max_value_bytes)",
-                value.len()
-            )));
-        }
-        Ok(())
+        within_limit(
+            "value",
+            value.len(),
+            self.inner.settings.max_value_bytes,
+            "max_value_bytes",
+        )
     }
 
     /// Runs `attempt` until it is done or the request timeout passes,
@@ -551,12 +557,12 @@ impl AsyncDb {
                 BatchOp::Delete { key } => key.len(),
             })
             .sum();
-        let max = self.inner.settings.max_value_bytes;
-        if bytes > max {
-            return Err(Error::InvalidArgument(format!(
-                "a batch of {bytes} bytes is over the {max}-byte limit (max_value_bytes); split it"
-            )));
-        }
+        within_limit(
+            "batch",
+            bytes,
+            self.inner.settings.max_value_bytes,
+            "max_value_bytes; split the batch",
+        )?;
         self.write(WriteOp::Batch { ops }).await.map(|_| ())
     }
 

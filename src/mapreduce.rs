@@ -11,7 +11,7 @@ use flotilla_wal::keys;
 
 use crate::db::{now_ms, Db};
 use crate::error::{Error, Result};
-use crate::scan::ScanRange;
+use crate::scan::{shard_bounds, ScanRange};
 
 pub use flotilla_mapreduce::{Job, Progress, Report};
 
@@ -195,16 +195,6 @@ impl JobHandle {
 
 /// The store as a job sees it: splits are slices of one shard each.
 struct DbStore(Db);
-
-/// The inner keys of `shard`'s part of user keys `start..end`.
-fn shard_bounds(shard: u16, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let to = if end.is_empty() {
-        keys::shard_key(shard + 1, b"")
-    } else {
-        keys::shard_key(shard, end)
-    };
-    (keys::shard_key(shard, start), to)
-}
 
 impl Store for DbStore {
     fn splits(
@@ -504,10 +494,13 @@ impl Db {
         }
         let (start, end) = range.bounds()?;
         let store = DbStore(self.clone());
-        for split in store
-            .splits(&start, &end, u64::MAX)
-            .map_err(Error::Storage)?
-        {
+        // Each shard's whole part as one split: no sizing pass over the data.
+        for shard in 0..keys::SHARDS {
+            let split = Split {
+                shard,
+                start: start.clone(),
+                end: end.clone(),
+            };
             store.read_split(&split, visit).map_err(Error::Storage)?;
         }
         Ok(())

@@ -66,6 +66,17 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     Vec::new()
 }
 
+/// The inner keys of `shard`'s part of user keys `start..end` (an empty
+/// `end`: to the end of the shard).
+pub(crate) fn shard_bounds(shard: u16, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let to = if end.is_empty() {
+        keys::shard_key(shard + 1, b"")
+    } else {
+        keys::shard_key(shard, end)
+    };
+    (keys::shard_key(shard, start), to)
+}
+
 /// Reads up to `limit` pairs of `range` from `group`'s applied data.
 pub(crate) fn scan_group(
     group: &GroupHandle,
@@ -75,12 +86,7 @@ pub(crate) fn scan_group(
     let (start, end) = range.bounds()?;
     let mut merged = Vec::new();
     for shard in 0..keys::SHARDS {
-        let from = keys::shard_key(shard, &start);
-        let to = if end.is_empty() {
-            keys::shard_key(shard + 1, b"")
-        } else {
-            keys::shard_key(shard, &end)
-        };
+        let (from, to) = shard_bounds(shard, &start, &end);
         let pairs = group
             .data()
             .scan(&from, &to, limit)
