@@ -63,6 +63,18 @@ impl Coordinator {
     /// worker has held it past the timeout. Reduce tasks only once every
     /// map task completed. Healthy running tasks are never handed out twice.
     pub fn request(&mut self, worker: u64, now_ms: u64) -> Assignment {
+        self.request_preferring(worker, now_ms, &|_| true)
+    }
+
+    /// As [`request`](Self::request), but of the tasks that could be handed
+    /// out, one that `is_local` says has its input on the worker's node
+    /// goes first (locality); a remote one only when no local one is free.
+    pub fn request_preferring(
+        &mut self,
+        worker: u64,
+        now_ms: u64,
+        is_local: &dyn Fn(TaskId) -> bool,
+    ) -> Assignment {
         let phase = if self.maps_done() < self.maps.len() {
             TaskKind::Map
         } else if self.reduces_done() < self.reduces.len() {
@@ -75,11 +87,18 @@ impl Coordinator {
             TaskKind::Map => &mut self.maps,
             TaskKind::Reduce => &mut self.reduces,
         };
-        let free = tasks.iter().position(|t| match t {
+        let can_go = |t: &TaskState| match t {
             TaskState::Idle => true,
             TaskState::InProgress { since_ms, .. } => now_ms.saturating_sub(*since_ms) >= timeout,
             TaskState::Completed => false,
-        });
+        };
+        let id = |index: usize| TaskId {
+            kind: phase,
+            index: index as u32,
+        };
+        let free = (0..tasks.len())
+            .find(|&i| can_go(&tasks[i]) && is_local(id(i)))
+            .or_else(|| tasks.iter().position(can_go));
         match free {
             Some(index) => {
                 tasks[index] = TaskState::InProgress {
@@ -117,6 +136,23 @@ impl Coordinator {
                 *state = TaskState::Idle;
             }
         }
+    }
+
+    /// Makes a completed `task` idle again: its output was lost (the node
+    /// holding a map's runs is gone). Reduces wait again until it is redone.
+    pub fn lose(&mut self, task: TaskId) {
+        if let Some(state) = self.state_mut(task) {
+            *state = TaskState::Idle;
+        }
+    }
+
+    /// True if `task` completed.
+    pub fn is_completed(&self, task: TaskId) -> bool {
+        let tasks = match task.kind {
+            TaskKind::Map => &self.maps,
+            TaskKind::Reduce => &self.reduces,
+        };
+        tasks.get(task.index as usize) == Some(&TaskState::Completed)
     }
 
     /// The worker running `task`, if it is running.
@@ -219,6 +255,43 @@ mod tests {
         assert!(c.complete(map(0)));
         assert!(!c.complete(map(0)), "the first worker's late finish");
         assert_eq!(c.maps_done(), 1);
+    }
+
+    #[test]
+    fn a_worker_gets_a_task_local_to_it_first() {
+        let mut c = Coordinator::new(3, 1, 1_000);
+        let only_map_2 = |t: TaskId| t == map(2);
+        assert_eq!(
+            c.request_preferring(1, 0, &only_map_2),
+            Assignment::Run(map(2))
+        );
+        // No local task is left: a remote one rather than none.
+        assert_eq!(
+            c.request_preferring(1, 0, &only_map_2),
+            Assignment::Run(map(0))
+        );
+    }
+
+    #[test]
+    fn a_lost_map_output_sends_reduces_back_to_waiting_for_it() {
+        let mut c = Coordinator::new(1, 2, 60_000);
+        assert_eq!(c.request(1, 0), Assignment::Run(map(0)));
+        assert!(c.complete(map(0)));
+        assert_eq!(c.request(1, 1), Assignment::Run(reduce(0)));
+        c.lose(map(0));
+        assert!(!c.is_completed(map(0)));
+        assert_eq!(
+            c.request(2, 2),
+            Assignment::Run(map(0)),
+            "the map runs again"
+        );
+        assert_eq!(
+            c.request(3, 3),
+            Assignment::Wait,
+            "no reduce before it is redone"
+        );
+        assert!(c.complete(map(0)));
+        assert_eq!(c.request(3, 4), Assignment::Run(reduce(1)));
     }
 
     #[test]

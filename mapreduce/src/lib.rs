@@ -18,9 +18,11 @@ mod map_buffer;
 pub mod merge;
 pub mod run_file;
 pub mod store;
+pub mod tasks;
 
 pub use coordinator::{Assignment, Coordinator, TaskId, TaskKind};
 pub use error::MapReduceError;
 pub use job::{fnv1a, Emit, Job, Values};
 pub use local::{run_local, JobSpec, Progress, Report};
 pub use store::{Split, Store};
+pub use tasks::{Counters, TaskContext};

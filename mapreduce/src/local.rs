@@ -6,7 +6,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -16,13 +16,10 @@ use tracing::{debug, warn};
 use crate::coordinator::{Assignment, Coordinator, TaskId, TaskKind};
 use crate::error::{io, MapReduceError};
 use crate::job::Job;
-use crate::map_buffer::{Groups, MapBuffer};
-use crate::merge::Merge;
-use crate::run_file::{map_run_name, reduce_output_name, RunReader, RunWriter};
+use crate::run_file::{map_run_name, reduce_output_name};
 use crate::store::{Split, Store};
+use crate::tasks::{commit_file, run_map, run_reduce, Counters, TaskContext};
 
-/// A map task spills its sorted buffers to disk past this many bytes.
-const MAP_BUFFER_BYTES: usize = 32 << 20;
 /// Output pairs per store write at commit.
 const COMMIT_BATCH_PAIRS: usize = 512;
 /// How often the supervisor reports progress.
@@ -104,14 +101,6 @@ pub struct Report {
     pub commit_elapsed: Duration,
 }
 
-#[derive(Default)]
-struct Counters {
-    records_in: AtomicU64,
-    bytes_in: AtomicU64,
-    records_out: AtomicU64,
-    bytes_out: AtomicU64,
-}
-
 struct Shared {
     spec: JobSpec,
     store: Arc<dyn Store>,
@@ -161,15 +150,16 @@ impl Shared {
 
     fn progress(&self) -> Progress {
         let c = self.coordinator();
+        let [records_in, bytes_in, records_out, bytes_out] = self.counters.read();
         Progress {
             maps_done: c.maps_done() as u64,
             maps_total: c.map_count() as u64,
             reduces_done: c.reduces_done() as u64,
             reduces_total: c.reduce_count() as u64,
-            records_in: self.counters.records_in.load(Ordering::Relaxed),
-            bytes_in: self.counters.bytes_in.load(Ordering::Relaxed),
-            records_out: self.counters.records_out.load(Ordering::Relaxed),
-            bytes_out: self.counters.bytes_out.load(Ordering::Relaxed),
+            records_in,
+            bytes_in,
+            records_out,
+            bytes_out,
         }
     }
 }
@@ -404,159 +394,31 @@ fn work(shared: &Shared, worker: u64) -> WorkerEnd {
 }
 
 fn run_task(shared: &Shared, worker: u64, task: TaskId) -> Result<(), MapReduceError> {
+    let spec = &shared.spec;
+    let cx = TaskContext {
+        job_id: &spec.id,
+        job: spec.job.as_ref(),
+        dir: &shared.dir,
+        reduce_tasks: spec.reduce_tasks,
+        output_prefix: &spec.output_prefix,
+        counters: &shared.counters,
+        cancel: &spec.cancel,
+    };
     match task.kind {
-        TaskKind::Map => run_map(shared, worker, task.index),
-        TaskKind::Reduce => run_reduce(shared, task.index),
-    }
-}
-
-fn run_map(shared: &Shared, worker: u64, map: u32) -> Result<(), MapReduceError> {
-    let spec = &shared.spec;
-    let job = spec.job.as_ref();
-    let partitions = spec.reduce_tasks;
-    let mut buffer = MapBuffer::new(partitions);
-    let mut spills: Vec<Vec<PathBuf>> = vec![Vec::new(); partitions as usize];
-    let mut spill_error = None;
-    let split = &shared.splits[map as usize];
-    shared
-        .store
-        .read_split(split, &mut |key, value| {
-            if spill_error.is_some() {
-                return;
-            }
-            if shared.cancelled() {
-                spill_error = Some(MapReduceError::Cancelled);
-                return;
-            }
-            shared.counters.records_in.fetch_add(1, Ordering::Relaxed);
-            shared
-                .counters
-                .bytes_in
-                .fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
-            job.map(key, value, &mut |k, v| {
-                let p = job.partition(k, partitions).min(partitions - 1) as usize;
-                buffer.push(job, p, k, v);
-            });
-            if buffer.bytes() > MAP_BUFFER_BYTES {
-                if let Err(e) = spill(shared, worker, map, &mut buffer, &mut spills) {
-                    spill_error = Some(e);
-                }
-            }
-        })
-        .map_err(MapReduceError::Store)?;
-    if let Some(e) = spill_error {
-        return Err(e);
-    }
-    if spills.iter().any(|s| !s.is_empty()) {
-        // Spilled before: what is left is one more run to merge.
-        spill(shared, worker, map, &mut buffer, &mut spills)?;
-    }
-    for (reduce, runs) in spills.iter().enumerate() {
-        let path = shared.dir.join(map_run_name(&spec.id, map, reduce as u32));
-        let mut out = RunWriter::create(&path)?;
-        if runs.is_empty() {
-            write_groups(job, buffer.take_sorted(reduce), &mut out)?;
-        } else {
-            let readers = runs
-                .iter()
-                .map(|p| RunReader::open(p))
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut merge = Merge::new(readers)?;
-            let mut result = Ok(());
-            merge.for_each_group(|key, values| {
-                if result.is_ok() {
-                    result = combine_group(job, key, values, &mut out);
-                }
-            })?;
-            result?;
-            for p in runs {
-                let _ = std::fs::remove_file(p);
-            }
+        TaskKind::Map => run_map(
+            &cx,
+            shared.store.as_ref(),
+            task.index,
+            &shared.splits[task.index as usize],
+            worker,
+        ),
+        TaskKind::Reduce => {
+            let runs: Vec<PathBuf> = (0..shared.splits.len() as u32)
+                .map(|map| cx.map_run_path(map, task.index))
+                .collect();
+            run_reduce(&cx, task.index, &runs)
         }
-        out.finish()?;
     }
-    Ok(())
-}
-
-/// Writes every partition of `buffer` as one more sorted spill run.
-fn spill(
-    shared: &Shared,
-    worker: u64,
-    map: u32,
-    buffer: &mut MapBuffer,
-    spills: &mut [Vec<PathBuf>],
-) -> Result<(), MapReduceError> {
-    for (reduce, runs) in spills.iter_mut().enumerate() {
-        let name = map_run_name(&shared.spec.id, map, reduce as u32);
-        let path = shared
-            .dir
-            .join(format!("{name}.spill-w{worker}-{}", runs.len()));
-        let mut w = RunWriter::create(&path)?;
-        write_groups(shared.spec.job.as_ref(), buffer.take_sorted(reduce), &mut w)?;
-        w.finish()?;
-        runs.push(path);
-    }
-    Ok(())
-}
-
-/// Writes sorted groups, each through the combiner if the job has one.
-fn write_groups(job: &dyn Job, groups: Groups, out: &mut RunWriter) -> Result<(), MapReduceError> {
-    for (key, values) in groups {
-        combine_group(job, &key, &mut values.into_iter(), out)?;
-    }
-    Ok(())
-}
-
-fn combine_group(
-    job: &dyn Job,
-    key: &[u8],
-    values: &mut dyn Iterator<Item = Vec<u8>>,
-    out: &mut RunWriter,
-) -> Result<(), MapReduceError> {
-    if !job.has_combiner() {
-        for v in values {
-            out.push(key, &v)?;
-        }
-        return Ok(());
-    }
-    let mut result = Ok(());
-    job.combine(key, values, &mut |k, v| {
-        if result.is_ok() {
-            result = out.push(k, v);
-        }
-    });
-    result
-}
-
-fn run_reduce(shared: &Shared, reduce: u32) -> Result<(), MapReduceError> {
-    let spec = &shared.spec;
-    let maps = shared.splits.len() as u32;
-    let readers = (0..maps)
-        .map(|map| RunReader::open(&shared.dir.join(map_run_name(&spec.id, map, reduce))))
-        .collect::<Result<Vec<_>, _>>()?;
-    let path = shared.dir.join(reduce_output_name(&spec.id, reduce));
-    let mut out = RunWriter::create(&path)?;
-    let mut merge = Merge::new(readers)?;
-    let mut result = Ok(());
-    merge.for_each_group(|key, values| {
-        if result.is_ok() && shared.cancelled() {
-            result = Err(MapReduceError::Cancelled);
-        }
-        spec.job.reduce(key, values, &mut |k, v| {
-            if result.is_ok() {
-                let mut full = spec.output_prefix.clone();
-                full.extend_from_slice(k);
-                shared.counters.records_out.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .counters
-                    .bytes_out
-                    .fetch_add((full.len() + v.len()) as u64, Ordering::Relaxed);
-                result = out.push(&full, v);
-            }
-        });
-    })?;
-    result?;
-    out.finish()
 }
 
 /// Writes every reduce output into the store.
@@ -566,7 +428,7 @@ fn commit(shared: &Shared, crashed_workers: u64) -> Result<Report, MapReduceErro
     let mut committed = 0u64;
     for reduce in 0..spec.reduce_tasks {
         let path = shared.dir.join(reduce_output_name(&spec.id, reduce));
-        committed += commit_file(shared.store.as_ref(), &path)?;
+        committed += commit_file(shared.store.as_ref(), &path, COMMIT_BATCH_PAIRS)?;
     }
     // Each takes the coordinator's lock: one after the other.
     let task_runs = shared.coordinator().assignments();
@@ -578,20 +440,4 @@ fn commit(shared: &Shared, crashed_workers: u64) -> Result<Report, MapReduceErro
         elapsed: shared.started.elapsed(),
         commit_elapsed: started.elapsed(),
     })
-}
-
-fn commit_file(store: &dyn Store, path: &Path) -> Result<u64, MapReduceError> {
-    let mut reader = RunReader::open(path)?;
-    let mut batch = Vec::with_capacity(COMMIT_BATCH_PAIRS);
-    let mut count = 0u64;
-    while let Some(pair) = reader.next_record()? {
-        batch.push(pair);
-        if batch.len() == COMMIT_BATCH_PAIRS {
-            store.put_all(&batch).map_err(MapReduceError::Store)?;
-            count += batch.len() as u64;
-            batch.clear();
-        }
-    }
-    store.put_all(&batch).map_err(MapReduceError::Store)?;
-    Ok(count + batch.len() as u64)
 }
