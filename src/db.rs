@@ -91,6 +91,18 @@ pub struct Db {
     inner: Arc<Inner>,
 }
 
+/// A [`Db`] that does not keep the store open (for the store's own
+/// background threads).
+#[derive(Clone)]
+pub(crate) struct WeakDb(std::sync::Weak<Inner>);
+
+impl WeakDb {
+    /// The store, unless every [`Db`] is gone.
+    pub(crate) fn upgrade(&self) -> Option<Db> {
+        self.0.upgrade().map(|inner| Db { inner })
+    }
+}
+
 /// The async API of a [`Db`]. Cheap to clone. Its futures need a tokio
 /// runtime with time enabled.
 #[derive(Clone)]
@@ -171,8 +183,12 @@ impl Db {
                 runtime: Some(runtime),
             }),
         };
-        if db.inner.member.is_none() {
-            db.block(db.asynchronous().wait_for_leader())?;
+        match &db.inner.member {
+            None => db.block(db.asynchronous().wait_for_leader())?,
+            Some(member) => {
+                let jobs = crate::mapreduce::cluster::ClusterJobs::start(&db, db.inner.settings.node_id);
+                let _ = member.jobs.set(jobs);
+            }
         }
         Ok(db)
     }
@@ -184,7 +200,51 @@ impl Db {
         }
     }
 
-    fn block<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    pub(crate) fn downgrade(&self) -> WeakDb {
+        WeakDb(Arc::downgrade(&self.inner))
+    }
+
+    /// True once [`close`](Db::close)d.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inner.node.lock().map(|n| n.is_none()).unwrap_or(true)
+    }
+
+    /// The member serving requests, for a cluster member.
+    pub(crate) fn member(&self) -> Option<&Arc<Member>> {
+        self.inner.member.as_ref()
+    }
+
+    /// The MapReduce side of a cluster member.
+    pub(crate) fn cluster_jobs(&self) -> Option<Arc<crate::mapreduce::cluster::ClusterJobs>> {
+        self.inner.member.as_ref()?.jobs.get().cloned()
+    }
+
+    /// This node's applied index of its group.
+    pub(crate) fn applied_index(&self) -> Result<u64> {
+        Ok(self
+            .status()?
+            .groups
+            .iter()
+            .map(|g| g.applied_index)
+            .min()
+            .unwrap_or(0))
+    }
+
+    /// Waits until this node has applied `index`, up to `timeout`.
+    pub(crate) fn wait_applied(&self, index: u64, timeout: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.applied_index()? >= index {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Timeout(timeout));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub(crate) fn block<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         match &self.inner.runtime {
             Some(runtime) => runtime.block_on(work),
             None => Err(Error::Closed),

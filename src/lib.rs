@@ -32,7 +32,7 @@ pub use cluster::client::RemoteClient;
 pub use cluster::files::{
     init_cluster, load_client, load_node, ClientConfig, ClientFiles, NodeConfig,
 };
-pub use cluster::proto::RemoteStatus;
+pub use cluster::proto::{JobView, RemoteStatus};
 pub use db::{AsyncDb, CasOutcome, Db, Status};
 pub use error::{Error, Result};
 pub use flotilla_engine::kv::BatchOp;

@@ -13,10 +13,13 @@ use flotilla_net::{Identity, Node as NetNode, PeerConnection};
 use rustls_pki_types::CertificateDer;
 
 use crate::cluster::files::load_client;
-use crate::cluster::proto::{self, Consistency, RemoteStatus, Request, Response, WireError};
+use crate::cluster::proto::{
+    self, Consistency, JobRequest, JobView, RemoteStatus, Request, Response, WireError,
+};
 use crate::cluster::sessions::SessionPool;
 use crate::db::CasOutcome;
 use crate::error::{Error, Result};
+use crate::mapreduce::MapReduceSpec;
 use crate::scan::Pair;
 use crate::ReadConsistency;
 
@@ -293,6 +296,41 @@ impl AsyncRemoteClient {
         };
         self.call(request, |r| match r {
             Response::Scan(r) => r,
+            other => Err(WireError::Other(format!("unexpected response {other:?}"))),
+        })
+        .await
+    }
+
+    /// Starts a MapReduce job with id `id` on whichever member answers
+    /// (that member coordinates it); returns the id. Retrying a start with
+    /// the same id starts nothing more.
+    pub async fn mapreduce(&self, id: &str, spec: &MapReduceSpec) -> Result<String> {
+        let (input_start, input_end) = spec.input.bounds()?;
+        let request = Request::MrStart(JobRequest {
+            id: id.to_string(),
+            job: spec.job.clone(),
+            arg: spec.arg.clone(),
+            input_start,
+            input_end,
+            output: spec.output.clone(),
+            reduce_tasks: spec.reduce_tasks,
+            workers: spec.workers as u64,
+            task_timeout_ms: spec.task_timeout.as_millis() as u64,
+            split_bytes: spec.split_bytes,
+            replace: spec.replace,
+        });
+        self.call(request, |r| match r {
+            Response::MrStarted(r) => r,
+            other => Err(WireError::Other(format!("unexpected response {other:?}"))),
+        })
+        .await
+    }
+
+    /// Job `id`'s status line and counters (see [`JobView`]).
+    pub async fn job(&self, id: &str) -> Result<JobView> {
+        let request = Request::MrView { id: id.to_string() };
+        self.call(request, |r| match r {
+            Response::MrView(r) => r,
             other => Err(WireError::Other(format!("unexpected response {other:?}"))),
         })
         .await

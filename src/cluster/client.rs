@@ -5,9 +5,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::cluster::async_client::AsyncRemoteClient;
-use crate::cluster::proto::RemoteStatus;
+use crate::cluster::proto::{JobView, RemoteStatus};
 use crate::db::CasOutcome;
 use crate::error::{Error, Result};
+use crate::mapreduce::MapReduceSpec;
 use crate::scan::Pair;
 use crate::ReadConsistency;
 
@@ -28,6 +29,16 @@ impl RemoteClient {
             .map_err(|e| Error::Config(format!("cannot start the async runtime: {e}")))?;
         let inner = runtime.block_on(AsyncRemoteClient::open(dir, timeout))?;
         Ok(RemoteClient { runtime, inner })
+    }
+
+    /// Starts a MapReduce job; see [`AsyncRemoteClient::mapreduce`].
+    pub fn mapreduce(&self, id: &str, spec: &MapReduceSpec) -> Result<String> {
+        self.runtime.block_on(self.inner.mapreduce(id, spec))
+    }
+
+    /// Job `id`'s status line and counters.
+    pub fn job(&self, id: &str) -> Result<JobView> {
+        self.runtime.block_on(self.inner.job(id))
     }
 
     /// Sets `key` to `value`.

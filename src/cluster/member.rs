@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 use crate::cluster::proto::{self, RemoteStatus, Request, Response, WireError};
 use crate::db::now_ms;
 use crate::error::{Error, Result};
+use crate::mapreduce::cluster::ClusterJobs;
 use crate::scan::{scan_group, ScanRange};
 
 /// Sends a group's Raft messages over the mesh: snapshot chunks on the
@@ -72,6 +73,8 @@ pub(crate) struct Member {
     pub(crate) peers: BTreeMap<u64, SocketAddr>,
     pub(crate) request_timeout: Duration,
     faults_allowed: bool,
+    /// MapReduce on this member; set once the store is open.
+    pub(crate) jobs: OnceLock<Arc<ClusterJobs>>,
     conns: tokio::sync::Mutex<BTreeMap<u64, Arc<PeerConnection>>>,
 }
 
@@ -90,6 +93,7 @@ impl Member {
             peers,
             request_timeout,
             faults_allowed: std::env::var("FLOTILLA_TEST_FAULTS").as_deref() == Ok("1"),
+            jobs: OnceLock::new(),
             conns: tokio::sync::Mutex::new(BTreeMap::new()),
         }
     }
@@ -99,6 +103,23 @@ impl Member {
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.id, from_client))]
     pub(crate) async fn execute(&self, request: Request, from_client: bool) -> Response {
         let response = self.execute_local(request.clone()).await;
+        // A client asking a member that does not coordinate a running job
+        // for its progress is sent on to the coordinator.
+        if let Response::MrView(Ok(view)) = &response {
+            if from_client
+                && view.counters.is_none()
+                && view.coordinator != 0
+                && view.coordinator != self.id
+                && view.status.starts_with("running")
+            {
+                if let Ok(forwarded @ Response::MrView(Ok(_))) =
+                    self.forward(view.coordinator, &request).await
+                {
+                    return forwarded;
+                }
+            }
+            return response;
+        }
         let leader = match &response {
             Response::Write(Err(WireError::NotLeader(Some(l))))
             | Response::Get(Err(WireError::NotLeader(Some(l))))
@@ -187,6 +208,19 @@ impl Member {
                     "fault injection is off (start the member with FLOTILLA_TEST_FAULTS=1)".into(),
                 )),
             }),
+            request @ (Request::MrStart(_)
+            | Request::MrView { .. }
+            | Request::MrPull { .. }
+            | Request::MrDone { .. }
+            | Request::MrFetch { .. }) => {
+                let served = match self.jobs.get() {
+                    Some(jobs) => jobs.serve(request).await,
+                    None => None,
+                };
+                served.unwrap_or(Response::MrAck(Err(WireError::Unavailable(
+                    "this member is still opening".into(),
+                ))))
+            }
             Request::Status => {
                 let status = match self.group.status() {
                     Ok(rx) => rx.await.map_err(|_| WireError::Closed),
@@ -209,6 +243,11 @@ impl Member {
                 }))
             }
         }
+    }
+
+    /// Sends `request` to member `to` (no forwarding on from there).
+    pub(crate) async fn ask(&self, to: u64, request: &Request) -> Result<Response> {
+        self.forward(to, request).await
     }
 
     /// Sends `request` to member `to` over a cached connection.

@@ -61,6 +61,32 @@ pub(crate) enum Request {
     },
     /// The member's view of its groups.
     Status,
+    /// Start a MapReduce job; the member asked becomes its coordinator.
+    /// Starting an id that exists again changes nothing (a retried start).
+    MrStart(JobRequest),
+    /// A job's status line, and its progress (from its coordinator) or
+    /// report (once committed).
+    MrView { id: String },
+    /// A worker on `node` asks the job's coordinator for a task.
+    MrPull { id: String, node: u64, worker: u64 },
+    /// A worker on `node` tells the coordinator how a task ended:
+    /// `lost_maps` empty means completed; else the reduce could not fetch
+    /// those maps' runs.
+    MrDone {
+        id: String,
+        task: WireTask,
+        node: u64,
+        lost_maps: Vec<u32>,
+        counters: [u64; 4],
+    },
+    /// Up to 1 MiB of a job file on this member from `offset`: map `map`'s
+    /// run for partition `reduce`, or (no map) reduce `reduce`'s output.
+    MrFetch {
+        id: String,
+        map: Option<u32>,
+        reduce: u32,
+        offset: u64,
+    },
     /// Test only (refused unless the member runs with
     /// `FLOTILLA_TEST_FAULTS=1`): replace the fault rules of the member's links.
     InjectFaults {
@@ -68,6 +94,62 @@ pub(crate) enum Request {
         delay_ms: u64,
         partition: Vec<Vec<u64>>,
     },
+}
+
+/// A job to start over a cluster (the wire form of `MapReduceSpec`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct JobRequest {
+    pub id: String,
+    pub job: String,
+    pub arg: String,
+    pub input_start: Vec<u8>,
+    pub input_end: Vec<u8>,
+    pub output: Vec<u8>,
+    pub reduce_tasks: u32,
+    pub workers: u64,
+    pub task_timeout_ms: u64,
+    pub split_bytes: u64,
+    pub replace: bool,
+}
+
+/// A task as workers and the coordinator name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct WireTask {
+    pub reduce: bool,
+    pub index: u32,
+}
+
+/// What a worker asking for work gets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum WireAssignment {
+    /// Run this task; for a reduce, `sources[m]` is the node holding map
+    /// `m`'s runs.
+    Run { task: WireTask, sources: Vec<u64> },
+    Wait,
+    Done,
+}
+
+/// Part of a job file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Chunk {
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+    /// True if the file ends with these bytes.
+    pub eof: bool,
+}
+
+/// A job as `MrView` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    /// The status record: "running ...", "committed ..." or "failed ...".
+    pub status: String,
+    /// The node coordinating it (0: unknown).
+    pub coordinator: u64,
+    /// Maps done, maps, reduces done, reduces, records in, bytes in,
+    /// records out, bytes out, task runs, elapsed ms, commit ms, pairs
+    /// committed: from the coordinator while it runs, from the stored
+    /// report once committed.
+    pub counters: Option<[u64; 12]>,
 }
 
 /// One group's state as a member reports it.
@@ -105,6 +187,11 @@ pub(crate) enum Response {
     Scan(Result<Vec<Pair>, WireError>),
     Status(Result<Vec<RemoteStatus>, WireError>),
     Faults(Result<(), WireError>),
+    MrStarted(Result<String, WireError>),
+    MrView(Result<JobView, WireError>),
+    MrTask(Result<WireAssignment, WireError>),
+    MrAck(Result<(), WireError>),
+    MrChunk(Result<Chunk, WireError>),
 }
 
 /// An [`Error`] on the wire.

@@ -2,4 +2,5 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod cluster;
 pub(crate) mod linearizability;

@@ -236,8 +236,41 @@ fn open(target: &Target) -> Result<Store, String> {
         .map_err(|e| format!("cannot open {}: {e}", data.display()))
 }
 
+/// Test only: word count whose map sleeps `map_ms` per input pair and
+/// whose reduce sleeps `reduce_ms` per key, so a test can act while a job
+/// is in a given phase. Registered as `test-slow-wc` (argument
+/// `MAP_MS,REDUCE_MS`) on members started with `FLOTILLA_TEST_FAULTS=1`.
+struct SlowWordCount {
+    map_ms: u64,
+    reduce_ms: u64,
+}
+
+impl flotilla::Job for SlowWordCount {
+    fn map(&self, key: &[u8], value: &[u8], emit: &mut flotilla::mr::Emit<'_>) {
+        std::thread::sleep(std::time::Duration::from_millis(self.map_ms));
+        flotilla::mr::builtin::WordCount.map(key, value, emit);
+    }
+
+    fn reduce(&self, key: &[u8], values: &mut flotilla::mr::Values<'_>, emit: &mut flotilla::mr::Emit<'_>) {
+        std::thread::sleep(std::time::Duration::from_millis(self.reduce_ms));
+        flotilla::mr::builtin::WordCount.reduce(key, values, emit);
+    }
+}
+
+fn slow_word_count(arg: &str) -> Result<std::sync::Arc<dyn flotilla::Job>, String> {
+    let parsed = arg
+        .split_once(',')
+        .and_then(|(m, r)| Some((m.parse().ok()?, r.parse().ok()?)));
+    let (map_ms, reduce_ms) =
+        parsed.ok_or_else(|| format!("test-slow-wc takes MAP_MS,REDUCE_MS, not {arg:?}"))?;
+    Ok(std::sync::Arc::new(SlowWordCount { map_ms, reduce_ms }))
+}
+
 fn serve(config: &std::path::Path) -> Result<(), String> {
-    let builder = flotilla::load_node(config).map_err(|e| e.to_string())?;
+    let mut builder = flotilla::load_node(config).map_err(|e| e.to_string())?;
+    if std::env::var("FLOTILLA_TEST_FAULTS").as_deref() == Ok("1") {
+        builder = builder.job_factory("test-slow-wc", std::sync::Arc::new(slow_word_count));
+    }
     // Signal handlers first: a SIGTERM that arrives while the store is
     // still opening is then a graceful stop once it is open, not a kill.
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use flotilla::{Db, MapReduceSpec, ScanRange};
+use flotilla::{Db, MapReduceSpec, ReadConsistency, RemoteClient, ScanRange, JOB_STATUS_PREFIX};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::Target;
@@ -85,17 +85,46 @@ pub(crate) struct RunArgs {
     target: Target,
 }
 
-fn open_local(target: &Target) -> Result<Db, String> {
-    if target.cluster.is_some() {
-        return Err("import and mr work on an embedded store (--data) for now; MapReduce over a cluster is not built yet".into());
+/// The store a command works on: an embedded one or a running cluster.
+enum Place {
+    Local(Db),
+    Cluster(Box<RemoteClient>),
+}
+
+impl Place {
+    fn open(target: &Target) -> Result<Place, String> {
+        let timeout = Duration::from_secs(target.timeout_secs.max(1));
+        if let Some(dir) = &target.cluster {
+            return RemoteClient::open(dir, timeout)
+                .map(|c| Place::Cluster(Box::new(c)))
+                .map_err(|e| format!("cannot use cluster {}: {e}", dir.display()));
+        }
+        let Some(data) = &target.data else {
+            return Err("give --data PATH or --cluster DIR".into());
+        };
+        Db::builder(data)
+            .request_timeout(timeout)
+            .open()
+            .map(Place::Local)
+            .map_err(|e| format!("cannot open {}: {e}", data.display()))
     }
-    let Some(data) = &target.data else {
-        return Err("give --data PATH".into());
-    };
-    Db::builder(data)
-        .request_timeout(Duration::from_secs(target.timeout_secs.max(1)))
-        .open()
-        .map_err(|e| format!("cannot open {}: {e}", data.display()))
+
+    fn put_all(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), String> {
+        match self {
+            Place::Local(db) => db.put_all(pairs),
+            Place::Cluster(client) => pairs
+                .iter()
+                .try_for_each(|(key, value)| client.put(key, value)),
+        }
+        .map_err(|e| format!("import failed: {e}"))
+    }
+
+    fn close(self) -> Result<(), String> {
+        match self {
+            Place::Local(db) => db.close().map_err(|e| e.to_string()),
+            Place::Cluster(_) => Ok(()),
+        }
+    }
 }
 
 fn bar(total: u64, what: &str) -> ProgressBar {
@@ -135,7 +164,7 @@ fn parts(text: &[u8], max: usize) -> Vec<&[u8]> {
 }
 
 pub(crate) fn import(args: ImportArgs) -> Result<(), String> {
-    let db = open_local(&args.target)?;
+    let db = Place::open(&args.target)?;
     let total: u64 = args
         .files
         .iter()
@@ -159,16 +188,14 @@ pub(crate) fn import(args: ImportArgs) -> Result<(), String> {
             keys += 1;
             bytes += piece.len() as u64;
             if batch.len() == IMPORT_BATCH {
-                db.put_all(std::mem::take(&mut batch))
-                    .map_err(|e| format!("import failed: {e}"))?;
+                db.put_all(std::mem::take(&mut batch))?;
             }
         }
         progress.inc(text.len() as u64);
     }
-    db.put_all(batch)
-        .map_err(|e| format!("import failed: {e}"))?;
+    db.put_all(batch)?;
     progress.finish_and_clear();
-    db.close().map_err(|e| e.to_string())?;
+    db.close()?;
     println!(
         "imported {} files as {keys} keys, {bytes} bytes",
         args.files.len()
@@ -184,15 +211,31 @@ fn file_name(file: &Path) -> Result<String, String> {
 
 pub(crate) fn run(command: MrCommand) -> Result<(), String> {
     match command {
-        MrCommand::Status { target } => {
-            let db = open_local(&target)?;
-            for (id, status) in db.jobs().map_err(|e| e.to_string())? {
-                println!("{id}\t{status}");
+        MrCommand::Status { target } => match Place::open(&target)? {
+            Place::Local(db) => {
+                for (id, status) in db.jobs().map_err(|e| e.to_string())? {
+                    println!("{id}\t{status}");
+                }
+                db.close().map_err(|e| e.to_string())
             }
-            db.close().map_err(|e| e.to_string())
-        }
+            Place::Cluster(client) => {
+                let (start, end) = ScanRange::prefix(JOB_STATUS_PREFIX)
+                    .bounds()
+                    .map_err(|e| e.to_string())?;
+                let jobs = client
+                    .scan(start, end, usize::MAX, ReadConsistency::Linearizable)
+                    .map_err(|e| e.to_string())?;
+                for (id, status) in jobs {
+                    println!(
+                        "{}\t{}",
+                        String::from_utf8_lossy(&id[JOB_STATUS_PREFIX.len()..]),
+                        String::from_utf8_lossy(&status)
+                    );
+                }
+                Ok(())
+            }
+        },
         MrCommand::Run(args) => {
-            let db = open_local(&args.target)?;
             let mut spec = MapReduceSpec::new(
                 args.job.clone(),
                 ScanRange::prefix(args.input.as_bytes()),
@@ -204,20 +247,99 @@ pub(crate) fn run(command: MrCommand) -> Result<(), String> {
             spec.task_timeout = Duration::from_secs(args.task_timeout_secs.max(1));
             spec.replace = args.replace;
             spec.split_bytes = args.split_bytes;
-            let handle = db.mapreduce(spec).map_err(|e| e.to_string())?;
-            let (bytes_in, seconds) = follow(handle)?;
-            if args.compare_sequential {
-                compare_sequential(&db, &args.input, &args.output, bytes_in, seconds)?;
+            match Place::open(&args.target)? {
+                Place::Local(db) => {
+                    let handle = db.mapreduce(spec).map_err(|e| e.to_string())?;
+                    let (bytes_in, seconds) = follow(handle)?;
+                    if args.compare_sequential {
+                        compare_sequential(&db, &args.input, &args.output, bytes_in, seconds)?;
+                    }
+                    db.close().map_err(|e| e.to_string())
+                }
+                Place::Cluster(_) if args.compare_sequential => {
+                    Err("--compare-sequential reads an embedded store (--data)".into())
+                }
+                Place::Cluster(client) => follow_remote(&client, &spec),
             }
-            db.close().map_err(|e| e.to_string())
         }
-        MrCommand::Resume { id, target } => {
-            let db = open_local(&target)?;
-            let handle = db.resume_job(&id).map_err(|e| e.to_string())?;
-            follow(handle)?;
-            db.close().map_err(|e| e.to_string())
-        }
+        MrCommand::Resume { id, target } => match Place::open(&target)? {
+            Place::Local(db) => {
+                let handle = db.resume_job(&id).map_err(|e| e.to_string())?;
+                follow(handle)?;
+                db.close().map_err(|e| e.to_string())
+            }
+            Place::Cluster(_) => Err(
+                "in a cluster another member resumes a job by itself when its coordinator stops; follow it with `mr status`".into(),
+            ),
+        },
     }
+}
+
+/// Starts a job on a cluster and follows it to its end, through whichever
+/// member answers (the coordinator may change on the way).
+fn follow_remote(client: &RemoteClient, spec: &MapReduceSpec) -> Result<(), String> {
+    let id = format!(
+        "{}-{}-{}",
+        spec.job.replace(|c: char| !c.is_ascii_alphanumeric(), "-"),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0),
+        std::process::id()
+    );
+    let id = client
+        .mapreduce(&id, spec)
+        .map_err(|e| format!("cannot start the job: {e}"))?;
+    let progress = bar(0, "tasks");
+    let mut failures = 0u32;
+    let view = loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let view = match client.job(&id) {
+            Ok(view) => {
+                failures = 0;
+                view
+            }
+            // The coordinator's node may have died: another member takes
+            // the job over within seconds; keep asking for a while.
+            Err(e) if failures < 150 => {
+                failures += 1;
+                progress.set_message(format!("({e}; asking again)"));
+                continue;
+            }
+            Err(e) => return Err(format!("job {id}: {e}")),
+        };
+        if let Some(c) = view.counters {
+            progress.set_length(c[1] + c[3]);
+            progress.set_position(c[0] + c[2]);
+            progress.set_message(format!(
+                "maps {}/{} reduces {}/{} on node {}",
+                c[0], c[1], c[2], c[3], view.coordinator
+            ));
+        }
+        if !view.status.starts_with("running") && !view.status.is_empty() {
+            break view;
+        }
+    };
+    progress.finish_and_clear();
+    if !view.status.starts_with("committed") {
+        return Err(format!("job {id}: {}", view.status));
+    }
+    let c = view.counters.unwrap_or_default();
+    let seconds = (c[9] as f64 / 1e3).max(1e-9);
+    println!(
+        "job={id} committed_pairs={} maps={} reduces={} task_runs={} records_in={} bytes_in={} records_out={} seconds={seconds:.2} commit_seconds={:.2} mb_per_sec={:.1} coordinator={}",
+        c[11],
+        c[1],
+        c[3],
+        c[8],
+        c[4],
+        c[5],
+        c[6],
+        c[10] as f64 / 1e3,
+        c[5] as f64 / 1e6 / seconds,
+        view.coordinator
+    );
+    Ok(())
 }
 
 /// Shows a job's progress, then prints its report; returns the input bytes

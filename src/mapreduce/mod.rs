@@ -9,9 +9,12 @@ use std::time::Duration;
 use flotilla_mapreduce::{builtin, run_local, JobSpec, Split, Store};
 use flotilla_wal::keys;
 
+use crate::cluster::proto::JobRequest;
 use crate::db::{now_ms, Db};
 use crate::error::{Error, Result};
 use crate::scan::{shard_bounds, ScanRange};
+
+pub(crate) mod cluster;
 
 pub use flotilla_mapreduce::{Job, Progress, Report};
 
@@ -23,13 +26,13 @@ pub type JobFactory = Arc<dyn Fn(&str) -> std::result::Result<Arc<dyn Job>, Stri
 pub const JOB_STATUS_PREFIX: &[u8] = b"\xff\xffflotilla/mr/";
 
 /// Where each job's settings live, for [`Db::resume_job`].
-const JOB_SPEC_PREFIX: &[u8] = b"\xff\xffflotilla/mr-spec/";
+pub(crate) const JOB_SPEC_PREFIX: &[u8] = b"\xff\xffflotilla/mr-spec/";
 /// Version byte of a stored job's settings.
 const STORED_JOB_VERSION: u8 = 1;
 
 /// A job's settings as stored with it.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct StoredJob {
+pub(crate) struct StoredJob {
     job: String,
     arg: String,
     #[serde(with = "serde_bytes")]
@@ -46,12 +49,66 @@ struct StoredJob {
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
-struct StoredSplit {
+pub(crate) struct StoredSplit {
     shard: u16,
     #[serde(with = "serde_bytes")]
     start: Vec<u8>,
     #[serde(with = "serde_bytes")]
     end: Vec<u8>,
+}
+
+impl StoredJob {
+    /// The record stored under [`JOB_SPEC_PREFIX`].
+    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
+        let mut record = vec![STORED_JOB_VERSION];
+        record.extend(
+            postcard::to_stdvec(self)
+                .map_err(|e| Error::InvalidArgument(format!("job settings: {e}")))?,
+        );
+        Ok(record)
+    }
+
+    /// Job `id`'s settings from their record.
+    pub(crate) fn decode(id: &str, record: &[u8]) -> Result<StoredJob> {
+        match record.split_first() {
+            Some((&STORED_JOB_VERSION, body)) => postcard::from_bytes(body)
+                .map_err(|e| Error::Storage(format!("job {id}'s settings: {e}"))),
+            _ => Err(Error::Storage(format!(
+                "job {id}'s settings: unknown version"
+            ))),
+        }
+    }
+
+    /// What the status line says of the job.
+    pub(crate) fn summary(&self) -> String {
+        format!(
+            "job {} input {:?}..{:?} output {:?}",
+            self.job,
+            String::from_utf8_lossy(&self.input_start),
+            String::from_utf8_lossy(&self.input_end),
+            String::from_utf8_lossy(&self.output)
+        )
+    }
+}
+
+impl From<Split> for StoredSplit {
+    fn from(s: Split) -> Self {
+        StoredSplit {
+            shard: s.shard,
+            start: s.start,
+            end: s.end,
+        }
+    }
+}
+
+impl From<&StoredSplit> for Split {
+    fn from(s: &StoredSplit) -> Self {
+        Split {
+            shard: s.shard,
+            start: s.start.clone(),
+            end: s.end.clone(),
+        }
+    }
 }
 
 /// Jobs by name.
@@ -194,7 +251,7 @@ impl JobHandle {
 }
 
 /// The store as a job sees it: splits are slices of one shard each.
-struct DbStore(Db);
+pub(crate) struct DbStore(pub(crate) Db);
 
 impl Store for DbStore {
     fn splits(
@@ -307,8 +364,9 @@ impl Db {
     /// and writes its output under `spec.output` only when every task is
     /// done; its status record (see [`Db::jobs`]) says running, committed or
     /// failed. A job whose process died can be continued with
-    /// [`Db::resume_job`]. MapReduce runs on an embedded store for now; a
-    /// cluster member refuses it.
+    /// [`Db::resume_job`]. On a cluster member this member coordinates the
+    /// job and every member runs workers; if this member stops, another one
+    /// takes the job over.
     pub fn mapreduce(&self, spec: MapReduceSpec) -> Result<JobHandle> {
         let (input_start, input_end) = spec.input.bounds()?;
         if spec.split_bytes == 0 {
@@ -316,16 +374,35 @@ impl Db {
                 "split_bytes must be above zero".into(),
             ));
         }
+        let id = format!(
+            "{}-{}-{}",
+            sanitize(&spec.job),
+            now_ms(),
+            std::process::id()
+        );
+        if let Some(jobs) = self.cluster_jobs() {
+            let request = JobRequest {
+                id,
+                job: spec.job,
+                arg: spec.arg,
+                input_start,
+                input_end,
+                output: spec.output,
+                reduce_tasks: spec.reduce_tasks,
+                workers: spec.workers as u64,
+                task_timeout_ms: spec.task_timeout.as_millis() as u64,
+                split_bytes: spec.split_bytes,
+                replace: spec.replace,
+            };
+            let id = jobs.start_job(request)?;
+            return follow_cluster_job(self, jobs, id);
+        }
         let planning = std::time::Instant::now();
         let splits = DbStore(self.clone())
             .splits(&input_start, &input_end, spec.split_bytes)
             .map_err(Error::Storage)?
             .into_iter()
-            .map(|s| StoredSplit {
-                shard: s.shard,
-                start: s.start,
-                end: s.end,
-            })
+            .map(Into::into)
             .collect();
         let stored = StoredJob {
             job: spec.job,
@@ -338,12 +415,6 @@ impl Db {
             task_timeout_ms: spec.task_timeout.as_millis() as u64,
             splits,
         };
-        let id = format!(
-            "{}-{}-{}",
-            sanitize(&stored.job),
-            now_ms(),
-            std::process::id()
-        );
         let mut handle = self.start_job(id, stored, spec.replace, false)?;
         handle.planning = planning.elapsed();
         Ok(handle)
@@ -353,6 +424,12 @@ impl Db {
     /// process died: tasks whose output files survived are not run again.
     /// The job must be registered under the same name as before.
     pub fn resume_job(&self, id: &str) -> Result<JobHandle> {
+        if self.is_cluster_member() {
+            return Err(Error::InvalidArgument(
+                "in a cluster, another member resumes a job by itself when its coordinator stops"
+                    .into(),
+            ));
+        }
         let status = self
             .get([JOB_STATUS_PREFIX, id.as_bytes()].concat())?
             .ok_or_else(|| Error::InvalidArgument(format!("no job {id:?}")))?;
@@ -365,15 +442,7 @@ impl Db {
         let record = self
             .get([JOB_SPEC_PREFIX, id.as_bytes()].concat())?
             .ok_or_else(|| Error::Storage(format!("job {id} has no stored settings")))?;
-        let stored: StoredJob = match record.split_first() {
-            Some((&STORED_JOB_VERSION, body)) => postcard::from_bytes(body)
-                .map_err(|e| Error::Storage(format!("job {id}'s settings: {e}")))?,
-            _ => {
-                return Err(Error::Storage(format!(
-                    "job {id}'s settings: unknown version"
-                )))
-            }
-        };
+        let stored = StoredJob::decode(id, &record)?;
         self.start_job(id.to_string(), stored, false, true)
     }
 
@@ -384,11 +453,6 @@ impl Db {
         replace: bool,
         resume: bool,
     ) -> Result<JobHandle> {
-        if self.is_cluster_member() {
-            return Err(Error::InvalidArgument(
-                "MapReduce over a cluster is not built yet; run it on an embedded store".into(),
-            ));
-        }
         let factory = self.job_factory(&stored.job).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "no job named {:?} (known: {})",
@@ -409,36 +473,15 @@ impl Db {
             work_dir: self.path().join("mapreduce"),
             replace,
             resume,
-            splits: Some(
-                stored
-                    .splits
-                    .iter()
-                    .map(|s| Split {
-                        shard: s.shard,
-                        start: s.start.clone(),
-                        end: s.end.clone(),
-                    })
-                    .collect(),
-            ),
+            splits: Some(stored.splits.iter().map(Into::into).collect()),
             split_bytes: u64::MAX,
             cancel: Arc::new(AtomicBool::new(false)),
         };
         let cancel = job_spec.cancel.clone();
         let status_key = [JOB_STATUS_PREFIX, id.as_bytes()].concat();
-        let summary = format!(
-            "job {} input {:?}..{:?} output {:?}",
-            stored.job,
-            String::from_utf8_lossy(&stored.input_start),
-            String::from_utf8_lossy(&stored.input_end),
-            String::from_utf8_lossy(&stored.output)
-        );
+        let summary = stored.summary();
         if !resume {
-            let mut record = vec![STORED_JOB_VERSION];
-            record.extend(
-                postcard::to_stdvec(&stored)
-                    .map_err(|e| Error::InvalidArgument(format!("job settings: {e}")))?,
-            );
-            self.put([JOB_SPEC_PREFIX, id.as_bytes()].concat(), record)?;
+            self.put([JOB_SPEC_PREFIX, id.as_bytes()].concat(), stored.encode()?)?;
             self.put(&status_key, format!("running {summary}"))?;
         }
         let (tx, progress) = mpsc::channel();
@@ -519,6 +562,59 @@ impl Db {
             })
             .collect())
     }
+}
+
+/// A handle on a cluster job this member coordinates: progress from the
+/// coordinator, the report once the status record says committed.
+fn follow_cluster_job(
+    db: &Db,
+    jobs: Arc<cluster::ClusterJobs>,
+    id: String,
+) -> Result<JobHandle> {
+    let cancel = jobs.cancel_flag(&id).unwrap_or_default();
+    let (tx, progress) = mpsc::channel();
+    let weak = db.downgrade();
+    let job_id = id.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("flotilla-mr-follow-{id}"))
+        .spawn(move || loop {
+            if weak.upgrade().is_none_or(|db| db.is_closed()) {
+                return Err(Error::Closed);
+            }
+            let view = jobs.view(&job_id);
+            let counters = view.counters.map(cluster::progress_of);
+            if let Some(p) = counters {
+                let _ = tx.send(p);
+            }
+            if view.status.starts_with("committed") {
+                let c = view.counters.unwrap_or_default();
+                return Ok(Report {
+                    progress: cluster::progress_of(c),
+                    committed_pairs: c[11],
+                    task_runs: c[8],
+                    crashed_workers: 0,
+                    elapsed: Duration::from_millis(c[9]),
+                    commit_elapsed: Duration::from_millis(c[10]),
+                });
+            }
+            if view.status.starts_with("failed") {
+                return Err(if view.status.ends_with(&Error::Cancelled.to_string()) {
+                    Error::Cancelled
+                } else {
+                    Error::Storage(view.status)
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        })
+        .map_err(|e| Error::Storage(format!("cannot follow the job: {e}")))?;
+    Ok(JobHandle {
+        id,
+        progress,
+        latest: Progress::default(),
+        cancel,
+        planning: Duration::ZERO,
+        thread,
+    })
 }
 
 fn sanitize(name: &str) -> String {

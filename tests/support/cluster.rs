@@ -1,0 +1,151 @@
+//! A cluster of `flotilla serve` processes on loopback, one test's worth.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use flotilla::RemoteClient;
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+
+/// Clusters run one at a time: several 3- and 5-process clusters at once
+/// on a 2-core machine would turn into a test of the scheduler.
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+pub(crate) struct Cluster {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) nodes: u64,
+    pub(crate) procs: BTreeMap<u64, Child>,
+    /// Processes started per node (its log holds one "opening" line each).
+    pub(crate) starts: BTreeMap<u64, usize>,
+    pub(crate) _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+pub(crate) fn take_turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Cluster {
+    pub(crate) fn start(nodes: u64) -> Cluster {
+        let turn = take_turn();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let init = Command::new(BIN)
+            .args(["cluster", "init", "--nodes", &nodes.to_string(), "--dir"])
+            .arg(dir.path())
+            .output()
+            .expect("cluster init");
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let mut cluster = Cluster {
+            dir,
+            nodes,
+            procs: BTreeMap::new(),
+            starts: BTreeMap::new(),
+            _turn: turn,
+        };
+        for id in 1..=nodes {
+            cluster.restart(id);
+        }
+        cluster
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub(crate) fn restart(&mut self, id: u64) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path().join(format!("node{id}.log")))
+            .expect("log file");
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(self.path().join(format!("node{id}.toml")))
+            // Lets tests change the member's link faults over the wire.
+            .env("FLOTILLA_TEST_FAULTS", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn serve");
+        self.procs.insert(id, child);
+        *self.starts.entry(id).or_default() += 1;
+    }
+
+    /// Waits until node `id`'s latest process has its signal handlers (it
+    /// logs "opening" right after installing them): a SIGTERM before that
+    /// would find the default action, as it would for any process.
+    pub(crate) fn wait_until_opening(&self, id: u64) {
+        let log = self.path().join(format!("node{id}.log"));
+        let want = self.starts.get(&id).copied().unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.matches("flotilla: opening").count() >= want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {id} never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub(crate) fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.procs.remove(&id) {
+            child.kill().expect("SIGKILL");
+            let _ = child.wait();
+        }
+    }
+
+    pub(crate) fn terminate(&mut self, id: u64) -> bool {
+        self.wait_until_opening(id);
+        let Some(mut child) = self.procs.remove(&id) else {
+            return false;
+        };
+        // SAFETY: plain kill(2) on a child we spawned.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    pub(crate) fn client(&self) -> RemoteClient {
+        RemoteClient::open(self.path(), Duration::from_secs(20)).expect("client")
+    }
+
+    /// The leader all answering members agree on, waiting for one.
+    pub(crate) fn leader(&self, client: &RemoteClient) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let leaders: Vec<u64> = client
+                .status()
+                .into_iter()
+                .filter_map(|(_, s)| s.ok())
+                .flatten()
+                .filter(|g| g.role == "Leader")
+                .map(|g| g.node)
+                .collect();
+            if leaders.len() == 1 {
+                return leaders[0];
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no single leader within 20 s");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for id in 1..=self.nodes {
+            self.kill(id);
+        }
+    }
+}
+
