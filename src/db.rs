@@ -186,7 +186,8 @@ impl Db {
         match &db.inner.member {
             None => db.block(db.asynchronous().wait_for_leader())?,
             Some(member) => {
-                let jobs = crate::mapreduce::cluster::ClusterJobs::start(&db, db.inner.settings.node_id);
+                let jobs =
+                    crate::mapreduce::cluster::ClusterJobs::start(&db, db.inner.settings.node_id);
                 let _ = member.jobs.set(jobs);
             }
         }

@@ -124,7 +124,10 @@ pub(crate) struct WireTask {
 pub(crate) enum WireAssignment {
     /// Run this task; for a reduce, `sources[m]` is the node holding map
     /// `m`'s runs.
-    Run { task: WireTask, sources: Vec<u64> },
+    Run {
+        task: WireTask,
+        sources: Vec<u64>,
+    },
     Wait,
     Done,
 }

@@ -44,7 +44,7 @@ const LEASE_EXPIRY: Duration = Duration::from_secs(4);
 /// Bytes per fetch request.
 const FETCH_CHUNK: u64 = 1 << 20;
 /// Tries of one fetch before its map counts as lost.
-const FETCH_TRIES: u32 = 3;
+const FETCH_TRIES: u32 = 2;
 /// Output pairs per store write at commit.
 const COMMIT_BATCH_PAIRS: usize = 512;
 /// A worker with nothing to do asks again after this.
@@ -314,7 +314,11 @@ impl ClusterJobs {
         db.get_with(&status_key, ReadConsistency::Linearizable)?;
         let input_index = db.applied_index()?;
         let splits = store
-            .splits(&request.input_start, &request.input_end, request.split_bytes)
+            .splits(
+                &request.input_start,
+                &request.input_end,
+                request.split_bytes,
+            )
             .map_err(Error::Storage)?;
         let stored = StoredJob {
             job: request.job,
@@ -420,7 +424,9 @@ impl ClusterJobs {
             Error::Unavailable(format!("node {} does not coordinate job {id}", self.node))
         })?;
         if job.deposed.load(Ordering::Relaxed) {
-            return Err(Error::Unavailable(format!("job {id} has a new coordinator")));
+            return Err(Error::Unavailable(format!(
+                "job {id} has a new coordinator"
+            )));
         }
         // Every member holds a replica of every shard today, so every map
         // is local to every worker; with sharding, `is_local` asks whether
@@ -525,7 +531,7 @@ impl ClusterJobs {
                 bytes,
             })
         };
-        read().map_err(|e| WireError::Unavailable(format!("{}: {e}", path.display())))
+        read().map_err(|e| WireError::Storage(format!("{}: {e}", path.display())))
     }
 
     // ---- the watcher ------------------------------------------------------
@@ -584,7 +590,7 @@ impl ClusterJobs {
                     .map(|w| w.contains_key(id))
                     .unwrap_or(true);
                 if !running.contains(id) && !busy && self.coordinating(id).is_none() {
-                    debug!(job = id, "removing a finished job's files");
+                    info!(job = id, "removing a finished job's files");
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
             }
@@ -595,7 +601,7 @@ impl ClusterJobs {
     /// Takes over a job whose coordinator stopped renewing its lease, or
     /// whose lease names this member but no coordinator runs here (it was
     /// restarted).
-    fn watch_lease(&self, db: &Db, id: &str) -> Result<()> {
+    fn watch_lease(self: &Arc<Self>, db: &Db, id: &str) -> Result<()> {
         if self.coordinating(id).is_some() {
             return Ok(());
         }
@@ -621,14 +627,35 @@ impl ClusterJobs {
         if holder != self.node && !expired {
             return Ok(());
         }
+        if holder != self.node && self.still_coordinating(db, holder, id) {
+            // Renewals stall while the group elects a leader; a holder that
+            // still answers keeps its job.
+            if let Ok(mut seen) = self.leases_seen.lock() {
+                seen.insert(id.to_string(), (lease.clone(), Instant::now()));
+            }
+            return Ok(());
+        }
         let next = generation + 1;
-        let outcome =
-            db.compare_and_swap(&lease_key, Some(&lease), Some(&lease_value(self.node, next)))?;
+        let outcome = db.compare_and_swap(
+            &lease_key,
+            Some(&lease),
+            Some(&lease_value(self.node, next)),
+        )?;
         if !outcome.swapped {
             return Ok(());
         }
-        info!(job = id, from = holder, "taking over the job's coordination");
+        info!(
+            job = id,
+            from = holder,
+            "taking over the job's coordination"
+        );
         self.resume(db, id, next)
+    }
+
+    /// True if member `holder` answers that it coordinates job `id`.
+    fn still_coordinating(self: &Arc<Self>, db: &Db, holder: u64, id: &str) -> bool {
+        let asked = self.ask(db, holder, Request::MrView { id: id.to_string() });
+        matches!(asked, Ok(Response::MrView(Ok(view))) if view.counters.is_some() && view.coordinator == holder)
     }
 
     /// Rebuilds a job's coordinator from the store: its settings and the
@@ -677,7 +704,10 @@ impl ClusterJobs {
             .ok_or_else(|| Error::Storage(format!("job {id} has no stored settings yet")))?;
         let stored = Arc::new(StoredJob::decode(id, &record)?);
         let factory = db.job_factory(&stored.job).ok_or_else(|| {
-            Error::InvalidArgument(format!("job {:?} is not registered on this node", stored.job))
+            Error::InvalidArgument(format!(
+                "job {:?} is not registered on this node",
+                stored.job
+            ))
         })?;
         let job = factory(&stored.arg).map_err(Error::InvalidArgument)?;
         let input_index: u64 = db
@@ -819,7 +849,11 @@ fn finish(db: &Db, job: &Arc<Coordinating>) {
         forget(db, job);
         return;
     }
-    match db.compare_and_swap(&status_key, Some(running.as_bytes()), Some(status.as_bytes())) {
+    match db.compare_and_swap(
+        &status_key,
+        Some(running.as_bytes()),
+        Some(status.as_bytes()),
+    ) {
         Ok(swap) if swap.swapped => {
             if outcome.is_err() {
                 if let Err(e) = DbStore(db.clone()).delete_prefix(&job.stored.output) {
@@ -828,7 +862,10 @@ fn finish(db: &Db, job: &Arc<Coordinating>) {
             }
             info!(job = job.id, status, "job ended");
         }
-        Ok(_) => warn!(job = job.id, "the job's status changed under its coordinator"),
+        Ok(_) => warn!(
+            job = job.id,
+            "the job's status changed under its coordinator"
+        ),
         Err(e) => warn!(job = job.id, "cannot record the job's end: {e}"),
     }
     forget(db, job);
@@ -878,7 +915,10 @@ fn commit(db: &Db, job: &Arc<Coordinating>) -> Result<Option<[u64; 12]>> {
         let path = match obtain(&jobs, db, &job.id, owner, None, reduce, &dir, "commit") {
             Ok(path) => path,
             Err(e) => {
-                warn!(job = job.id, reduce, owner, "reduce output lost ({e}); running it again");
+                warn!(
+                    job = job.id,
+                    reduce, owner, "reduce output lost ({e}); running it again"
+                );
                 db.delete(task_key(&job.id, task))?;
                 job.owners().remove(&task);
                 job.table().lose(task);
@@ -888,7 +928,9 @@ fn commit(db: &Db, job: &Arc<Coordinating>) -> Result<Option<[u64; 12]>> {
         committed += commit_file(&store, &path, COMMIT_BATCH_PAIRS)
             .map_err(|e| Error::Storage(e.to_string()))?;
     }
-    Ok(Some(job.counters(started.elapsed().as_millis() as u64, committed)))
+    Ok(Some(
+        job.counters(started.elapsed().as_millis() as u64, committed),
+    ))
 }
 
 fn parse_report(text: &[u8]) -> Option<[u64; 12]> {
@@ -1043,7 +1085,9 @@ impl Worker {
             },
         )?;
         let (task, sources) = match response {
-            Response::MrTask(Ok(WireAssignment::Run { task, sources })) => (from_wire(task), sources),
+            Response::MrTask(Ok(WireAssignment::Run { task, sources })) => {
+                (from_wire(task), sources)
+            }
             Response::MrTask(Ok(WireAssignment::Wait | WireAssignment::Done)) => {
                 std::thread::sleep(IDLE_POLL);
                 return Ok(true);
@@ -1111,7 +1155,10 @@ impl Worker {
                     .get(task.index as usize)
                     .ok_or_else(|| Error::Storage(format!("no split {}", task.index)))?
                     .into();
-                db.wait_applied(self.input_index, Duration::from_millis(self.stored.task_timeout_ms))?;
+                db.wait_applied(
+                    self.input_index,
+                    Duration::from_millis(self.stored.task_timeout_ms),
+                )?;
                 let attempt = self.jobs.node * 1_000 + self.n;
                 run_map(cx, &DbStore(db.clone()), task.index, &split, attempt).map_err(failed)?;
                 Ok(Vec::new())
@@ -1119,13 +1166,33 @@ impl Worker {
             TaskKind::Reduce => {
                 let mut runs = Vec::new();
                 let mut lost = Vec::new();
+                // A node that could not be reached for one run is not
+                // tried again for the others: each try costs a connect
+                // timeout, and the coordinator needs to hear soon.
+                let mut unreachable = BTreeSet::new();
+                let fetcher = format!("w{}", self.n);
                 for (map, &owner) in sources.iter().enumerate() {
-                    let fetcher = format!("w{}", self.n);
                     let map = map as u32;
-                    match obtain(&self.jobs, db, &self.id, owner, Some(map), task.index, &self.dir, &fetcher) {
+                    if unreachable.contains(&owner) {
+                        lost.push(map);
+                        continue;
+                    }
+                    match obtain(
+                        &self.jobs,
+                        db,
+                        &self.id,
+                        owner,
+                        Some(map),
+                        task.index,
+                        &self.dir,
+                        &fetcher,
+                    ) {
                         Ok(path) => runs.push(path),
                         Err(e) => {
                             warn!(job = self.id, map, owner, "cannot fetch a map's run: {e}");
+                            if matches!(e, Error::Unavailable(_) | Error::Timeout(_)) {
+                                unreachable.insert(owner);
+                            }
                             lost.push(map);
                         }
                     }

@@ -566,11 +566,7 @@ impl Db {
 
 /// A handle on a cluster job this member coordinates: progress from the
 /// coordinator, the report once the status record says committed.
-fn follow_cluster_job(
-    db: &Db,
-    jobs: Arc<cluster::ClusterJobs>,
-    id: String,
-) -> Result<JobHandle> {
+fn follow_cluster_job(db: &Db, jobs: Arc<cluster::ClusterJobs>, id: String) -> Result<JobHandle> {
     let cancel = jobs.cancel_flag(&id).unwrap_or_default();
     let (tx, progress) = mpsc::channel();
     let weak = db.downgrade();

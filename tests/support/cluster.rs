@@ -72,6 +72,8 @@ impl Cluster {
             .arg(self.path().join(format!("node{id}.toml")))
             // Lets tests change the member's link faults over the wire.
             .env("FLOTILLA_TEST_FAULTS", "1")
+            // MapReduce coordination (start, takeover, end) is logged at info.
+            .env("FLOTILLA_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -95,6 +97,22 @@ impl Cluster {
             assert!(Instant::now() < deadline, "node {id} never started");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// The last `lines` lines of every member's log, for a failure message.
+    pub(crate) fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for id in 1..=self.nodes {
+            let text = std::fs::read_to_string(self.path().join(format!("node{id}.log")))
+                .unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- node {id}\n"));
+            for line in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     pub(crate) fn kill(&mut self, id: u64) {
@@ -148,4 +166,3 @@ impl Drop for Cluster {
         }
     }
 }
-

@@ -251,7 +251,12 @@ impl flotilla::Job for SlowWordCount {
         flotilla::mr::builtin::WordCount.map(key, value, emit);
     }
 
-    fn reduce(&self, key: &[u8], values: &mut flotilla::mr::Values<'_>, emit: &mut flotilla::mr::Emit<'_>) {
+    fn reduce(
+        &self,
+        key: &[u8],
+        values: &mut flotilla::mr::Values<'_>,
+        emit: &mut flotilla::mr::Emit<'_>,
+    ) {
         std::thread::sleep(std::time::Duration::from_millis(self.reduce_ms));
         flotilla::mr::builtin::WordCount.reduce(key, values, emit);
     }
