@@ -71,12 +71,12 @@ pub(crate) enum Request {
     MrPull { id: String, node: u64, worker: u64 },
     /// A worker on `node` tells the coordinator how a task ended:
     /// `lost_maps` empty means completed; else the reduce could not fetch
-    /// those maps' runs.
+    /// those maps' runs, each from the node named beside it.
     MrDone {
         id: String,
         task: WireTask,
         node: u64,
-        lost_maps: Vec<u32>,
+        lost_maps: Vec<(u32, u64)>,
         counters: [u64; 4],
     },
     /// Up to 1 MiB of a job file on this member from `offset`: map `map`'s

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flotilla_mapreduce::run_file::{map_run_name, reduce_output_name};
-use flotilla_mapreduce::tasks::{commit_file, run_map, run_reduce};
+use flotilla_mapreduce::run_file::{map_run_name, reduce_output_name, RunReader};
+use flotilla_mapreduce::tasks::{run_map, run_reduce};
 use flotilla_mapreduce::{Coordinator, Counters, Job, Split, Store, TaskContext, TaskId, TaskKind};
 use tracing::{debug, info, warn};
 
@@ -47,6 +47,9 @@ const FETCH_CHUNK: u64 = 1 << 20;
 const FETCH_TRIES: u32 = 2;
 /// Output pairs per store write at commit.
 const COMMIT_BATCH_PAIRS: usize = 512;
+/// Bounds on what a job may ask of every member.
+const MAX_REDUCE_TASKS: u32 = 10_000;
+const MAX_WORKERS: u64 = 64;
 /// A worker with nothing to do asks again after this.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
@@ -91,6 +94,23 @@ fn lease_value(node: u64, generation: u64) -> Vec<u8> {
     format!("{node}:{generation}").into_bytes()
 }
 
+fn running_line(generation: u64, stored: &StoredJob) -> String {
+    format!("running g{generation} {}", stored.summary())
+}
+
+/// True if `status` says the job ended, or runs under a generation newer
+/// than `generation` (a stale local read may still show an older one).
+fn superseded(status: &str, generation: u64) -> bool {
+    if status.starts_with("committed") || status.starts_with("failed") {
+        return true;
+    }
+    status
+        .strip_prefix("running g")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|g| g.parse::<u64>().ok())
+        .is_some_and(|g| g > generation)
+}
+
 /// The job directory on this member.
 fn job_dir(db: &Db, id: &str) -> PathBuf {
     db.path().join("mapreduce").join(format!("mr-{id}"))
@@ -110,13 +130,23 @@ struct Coordinating {
     owners: Mutex<BTreeMap<TaskId, u64>>,
     counters: Counters,
     started: Instant,
-    /// Set when another member took the lease: stop, touch nothing.
+    /// The lease generation this coordinator holds.
+    generation: u64,
+    /// Set when another member took the lease, or this one could not renew
+    /// it in time: stop, touch nothing.
     deposed: AtomicBool,
     /// Set by the job's handle: fail the job.
     cancel: Arc<AtomicBool>,
 }
 
 impl Coordinating {
+    /// The status line while this coordinator runs the job: the generation
+    /// in it makes every end a compare-and-swap only this coordinator can
+    /// win.
+    fn running_line(&self) -> String {
+        running_line(self.generation, &self.stored)
+    }
+
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -280,6 +310,11 @@ impl ClusterJobs {
                 "a job needs at least one reduce task and one worker, and a task timeout and split size above zero".into(),
             ));
         }
+        if request.reduce_tasks > MAX_REDUCE_TASKS || request.workers > MAX_WORKERS {
+            return Err(Error::InvalidArgument(format!(
+                "at most {MAX_REDUCE_TASKS} reduce tasks and {MAX_WORKERS} workers per member"
+            )));
+        }
         if request.output.is_empty() {
             return Err(Error::InvalidArgument(
                 "an empty output prefix would overwrite the whole store".into(),
@@ -331,58 +366,103 @@ impl ClusterJobs {
             task_timeout_ms: request.task_timeout_ms,
             splits: splits.into_iter().map(Into::into).collect(),
         };
+        // Claiming the id first: of two starts of one id (a client's retry
+        // reaching another member), one goes on and the other answers Ok.
+        let starting = format!("starting {}", stored.summary());
+        if !db
+            .compare_and_swap(&status_key, None, Some(starting.as_bytes()))?
+            .swapped
+        {
+            return Ok(id);
+        }
         db.put(key(JOB_SPEC_PREFIX, &id), stored.encode()?)?;
         db.put(key(INPUT_INDEX_PREFIX, &id), input_index.to_string())?;
         db.put(key(LEASE_PREFIX, &id), lease_value(self.node, 1))?;
-        db.put(&status_key, format!("running {}", stored.summary()))?;
+        // Registered before the job shows as running, so this member's
+        // watcher never takes a lease its own coordinator holds.
+        let job = self.register(id.clone(), stored, 1, BTreeMap::new());
+        let running = job.running_line();
+        if !db
+            .compare_and_swap(
+                &status_key,
+                Some(starting.as_bytes()),
+                Some(running.as_bytes()),
+            )?
+            .swapped
+        {
+            self.unregister(&job);
+            return Err(Error::Storage(format!(
+                "job {id}'s status changed while it started"
+            )));
+        }
         info!(job = id, input_index, "coordinating a new job");
-        self.coordinate(&db, id.clone(), stored, 1, Arc::new(AtomicBool::new(false)));
+        self.launch(&db, &job);
         Ok(id)
     }
 
-    /// Registers a coordinator for `id` and starts its threads.
-    fn coordinate(
+    /// Registers a coordinator for `id` whose table holds `completed`;
+    /// [`launch`](Self::launch) starts its threads.
+    fn register(
         &self,
-        db: &Db,
         id: String,
         stored: StoredJob,
         generation: u64,
-        cancel: Arc<AtomicBool>,
+        completed: BTreeMap<TaskId, u64>,
     ) -> Arc<Coordinating> {
         let maps = stored.splits.len() as u32;
+        // The table is whole before any worker can ask it for a task.
+        let mut table = Coordinator::new(maps, stored.reduce_tasks, stored.task_timeout_ms);
+        for task in completed.keys() {
+            table.complete(*task);
+        }
         let job = Arc::new(Coordinating {
-            table: Mutex::new(Coordinator::new(
-                maps,
-                stored.reduce_tasks,
-                stored.task_timeout_ms,
-            )),
+            table: Mutex::new(table),
             id: id.clone(),
             stored,
-            owners: Mutex::new(BTreeMap::new()),
+            owners: Mutex::new(completed),
             counters: Counters::default(),
             started: Instant::now(),
+            generation,
             deposed: AtomicBool::new(false),
-            cancel,
+            cancel: Arc::default(),
         });
         if let Ok(mut all) = self.coordinating.lock() {
-            all.insert(id.clone(), job.clone());
+            all.insert(id, job.clone());
         }
-        let lease_db = db.downgrade();
-        let lease_job = job.clone();
-        let node = self.node;
-        let _ = std::thread::Builder::new()
-            .name(format!("flotilla-mr-lease-{id}"))
-            .spawn(move || renew_lease(&lease_db, &lease_job, node, generation));
-        let run_db = db.downgrade();
-        let run_job = job.clone();
-        let _ = std::thread::Builder::new()
-            .name(format!("flotilla-mr-coord-{id}"))
+        job
+    }
+
+    /// Drops `job` from this member's coordinators (if it is still the one
+    /// registered under its id).
+    fn unregister(&self, job: &Arc<Coordinating>) {
+        job.deposed.store(true, Ordering::Relaxed);
+        if let Ok(mut all) = self.coordinating.lock() {
+            if all.get(&job.id).is_some_and(|j| Arc::ptr_eq(j, job)) {
+                all.remove(&job.id);
+            }
+        }
+    }
+
+    /// Starts `job`'s lease renewal and its run to the end.
+    fn launch(&self, db: &Db, job: &Arc<Coordinating>) {
+        let (lease_db, lease_job, node) = (db.downgrade(), job.clone(), self.node);
+        let lease = std::thread::Builder::new()
+            .name(format!("flotilla-mr-lease-{}", job.id))
+            .spawn(move || renew_lease(&lease_db, &lease_job, node));
+        let (run_db, run_job) = (db.downgrade(), job.clone());
+        let run = std::thread::Builder::new()
+            .name(format!("flotilla-mr-coord-{}", job.id))
             .spawn(move || {
                 if let Some(db) = run_db.upgrade() {
                     finish(&db, &run_job);
                 }
             });
-        job
+        if let Err(e) = lease.and(run) {
+            // Without its threads the job would stall: leave it to be taken
+            // over (by this member's own watcher, too).
+            warn!(job = job.id, "cannot start the coordinator's threads: {e}");
+            self.unregister(job);
+        }
     }
 
     /// The handle's cancel flag of a job this member coordinates.
@@ -433,9 +513,11 @@ impl ClusterJobs {
         // `node` hosts the split's shard.
         let is_local = |_task: TaskId| node != 0;
         let now = job.now_ms();
-        let assignment = job
-            .table()
-            .request_preferring(node * 1_000 + worker, now, &is_local);
+        let assignment = job.table().request_preferring(
+            node.saturating_mul(1_000).saturating_add(worker),
+            now,
+            &is_local,
+        );
         Ok(match assignment {
             flotilla_mapreduce::Assignment::Run(task) => {
                 let owners = job.owners();
@@ -468,7 +550,7 @@ impl ClusterJobs {
         id: &str,
         task: TaskId,
         node: u64,
-        lost_maps: &[u32],
+        lost_maps: &[(u32, u64)],
         counters: [u64; 4],
     ) -> Result<()> {
         let db = self.db()?;
@@ -481,12 +563,22 @@ impl ClusterJobs {
         Counters::add(&c.records_out, counters[2]);
         Counters::add(&c.bytes_out, counters[3]);
         if !lost_maps.is_empty() {
-            for &map in lost_maps {
+            for &(map, from) in lost_maps {
                 let lost = TaskId {
                     kind: TaskKind::Map,
                     index: map,
                 };
-                warn!(job = id, map, "map output lost; running the map again");
+                // A reduce handed out before the map was redone elsewhere
+                // reports the old node: the new output is not lost.
+                if job.owners().get(&lost) != Some(&from) {
+                    continue;
+                }
+                warn!(
+                    job = id,
+                    map,
+                    node = from,
+                    "map output lost; running the map again"
+                );
                 db.delete(task_key(id, lost))?;
                 job.owners().remove(&lost);
                 job.table().lose(lost);
@@ -565,15 +657,23 @@ impl ClusterJobs {
                 running.insert(id);
             }
         }
+        if let Ok(mut seen) = self.leases_seen.lock() {
+            seen.retain(|id, _| running.contains(id));
+        }
         for id in &running {
-            self.watch_lease(db, id)?;
+            // One job's trouble must not hold up the others, nor cleanup.
+            if let Err(e) = self.watch_lease(db, id) {
+                debug!(job = id, "lease check: {e}");
+            }
             let busy = self
                 .working
                 .lock()
                 .map(|w| w.contains_key(id))
                 .unwrap_or(true);
             if !busy {
-                self.start_workers(db, id)?;
+                if let Err(e) = self.start_workers(db, id) {
+                    warn!(job = id, "cannot start workers: {e}");
+                }
             }
         }
         // Job directories of jobs no longer running (and with no workers).
@@ -665,11 +765,9 @@ impl ClusterJobs {
             .get(key(JOB_SPEC_PREFIX, id))?
             .ok_or_else(|| Error::Storage(format!("job {id} has no stored settings")))?;
         let stored = StoredJob::decode(id, &record)?;
-        let job = self.coordinate(db, id.to_string(), stored, generation, Arc::default());
         let prefix = [TASK_PREFIX, format!("{id}/").as_bytes()].concat();
         let records = db.scan(&ScanRange::prefix(prefix.clone()), usize::MAX)?;
-        let mut table = job.table();
-        let mut owners = job.owners();
+        let mut completed = BTreeMap::new();
         for (k, v) in records {
             let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
             let kind = match name.chars().next() {
@@ -683,16 +781,35 @@ impl ClusterJobs {
             ) else {
                 continue;
             };
-            let task = TaskId { kind, index };
-            table.complete(task);
-            owners.insert(task, node);
+            completed.insert(TaskId { kind, index }, node);
         }
-        info!(
-            job = id,
-            maps_done = table.maps_done(),
-            reduces_done = table.reduces_done(),
-            "resumed"
-        );
+        let status_key = key(JOB_STATUS_PREFIX, id);
+        let Some(status) = db.get(&status_key)? else {
+            return Ok(());
+        };
+        if !status.starts_with(b"running") {
+            return Ok(()); // it ended meanwhile
+        }
+        let job = self.register(id.to_string(), stored, generation, completed);
+        let running = job.running_line();
+        if !db
+            .compare_and_swap(&status_key, Some(&status), Some(running.as_bytes()))?
+            .swapped
+        {
+            self.unregister(&job);
+            return Ok(());
+        }
+        {
+            let table = job.table();
+            info!(
+                job = id,
+                generation,
+                maps_done = table.maps_done(),
+                reduces_done = table.reduces_done(),
+                "resumed"
+            );
+        }
+        self.launch(db, &job);
         Ok(())
     }
 
@@ -774,8 +891,10 @@ impl ClusterJobs {
 
 /// Renews `job`'s lease every second until the job ends here; a failed
 /// renewal (someone took the lease) deposes this coordinator.
-fn renew_lease(db: &WeakDb, job: &Coordinating, node: u64, mut generation: u64) {
+fn renew_lease(db: &WeakDb, job: &Coordinating, node: u64) {
     let lease_key = key(LEASE_PREFIX, &job.id);
+    let mut generation = job.generation;
+    let mut renewed = Instant::now();
     loop {
         std::thread::sleep(LEASE_RENEW_EVERY);
         if job.deposed.load(Ordering::Relaxed) {
@@ -787,7 +906,10 @@ fn renew_lease(db: &WeakDb, job: &Coordinating, node: u64, mut generation: u64) 
         let current = lease_value(node, generation);
         let next = lease_value(node, generation + 1);
         match db.compare_and_swap(&lease_key, Some(&current), Some(&next)) {
-            Ok(outcome) if outcome.swapped => generation += 1,
+            Ok(outcome) if outcome.swapped => {
+                generation += 1;
+                renewed = Instant::now();
+            }
             Ok(outcome) => {
                 if outcome.current.is_some() {
                     warn!(job = job.id, "another member took the job over");
@@ -795,8 +917,17 @@ fn renew_lease(db: &WeakDb, job: &Coordinating, node: u64, mut generation: u64) 
                 job.deposed.store(true, Ordering::Relaxed);
                 return;
             }
-            // Not sure it was written: the next try compares again.
-            Err(e) => debug!(job = job.id, "lease renewal: {e}"),
+            // Not sure it was written: the next try compares again. But a
+            // coordinator that cannot renew in time steps down, as others
+            // may take the job over from then on.
+            Err(e) => {
+                debug!(job = job.id, "lease renewal: {e}");
+                if renewed.elapsed() >= LEASE_EXPIRY {
+                    warn!(job = job.id, "cannot renew the lease; stepping down");
+                    job.deposed.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
         }
     }
 }
@@ -810,6 +941,20 @@ fn finish(db: &Db, job: &Arc<Coordinating>) {
             forget(db, job);
             return;
         }
+        let status = db
+            .get_with(&status_key, ReadConsistency::Stale)
+            .ok()
+            .flatten()
+            .map(|s| String::from_utf8_lossy(&s).into_owned())
+            .unwrap_or_default();
+        if superseded(&status, job.generation) {
+            info!(
+                job = job.id,
+                status, "the job moved on without this coordinator"
+            );
+            forget(db, job);
+            return;
+        }
         if job.cancel.load(Ordering::Relaxed) {
             break Err(Error::Cancelled);
         }
@@ -820,10 +965,16 @@ fn finish(db: &Db, job: &Arc<Coordinating>) {
         match commit(db, job) {
             Ok(Some(report)) => break Ok(report),
             Ok(None) => continue, // a reduce output was lost: it runs again
+            // No leader for a moment, say: the commit is repeated whole
+            // (the same pairs again change nothing).
+            Err(e) if e.is_retryable() => {
+                warn!(job = job.id, "commit interrupted, trying again: {e}");
+                std::thread::sleep(WATCH_EVERY);
+            }
             Err(e) => break Err(e),
         }
     };
-    let running = format!("running {summary}");
+    let running = job.running_line();
     let (status, report) = match &outcome {
         Ok(counters) => (
             format!(
@@ -872,12 +1023,10 @@ fn finish(db: &Db, job: &Arc<Coordinating>) {
 }
 
 /// This member no longer coordinates `job`.
-fn forget(db: &Db, job: &Coordinating) {
-    job.deposed.store(true, Ordering::Relaxed);
-    if let Some(jobs) = db.cluster_jobs() {
-        if let Ok(mut all) = jobs.coordinating.lock() {
-            all.remove(&job.id);
-        }
+fn forget(db: &Db, job: &Arc<Coordinating>) {
+    match db.cluster_jobs() {
+        Some(jobs) => jobs.unregister(job),
+        None => job.deposed.store(true, Ordering::Relaxed),
     }
 }
 
@@ -904,7 +1053,6 @@ fn commit(db: &Db, job: &Arc<Coordinating>) -> Result<Option<[u64; 12]>> {
         .ok_or_else(|| Error::InvalidArgument("not a cluster member".into()))?;
     let dir = job_dir(db, &job.id);
     std::fs::create_dir_all(&dir).map_err(|e| Error::Storage(format!("{}: {e}", dir.display())))?;
-    let store = DbStore(db.clone());
     let mut committed = 0u64;
     for reduce in 0..job.stored.reduce_tasks {
         let task = TaskId {
@@ -925,8 +1073,23 @@ fn commit(db: &Db, job: &Arc<Coordinating>) -> Result<Option<[u64; 12]>> {
                 return Ok(None);
             }
         };
-        committed += commit_file(&store, &path, COMMIT_BATCH_PAIRS)
-            .map_err(|e| Error::Storage(e.to_string()))?;
+        // Written here rather than through the `Store` adapter, whose
+        // errors are strings: a retryable one must stay retryable.
+        let damaged = |e: flotilla_mapreduce::MapReduceError| Error::Storage(e.to_string());
+        let mut reader = RunReader::open(&path).map_err(damaged)?;
+        let mut batch = Vec::with_capacity(COMMIT_BATCH_PAIRS);
+        while let Some(pair) = reader.next_record().map_err(damaged)? {
+            batch.push(pair);
+            if batch.len() == COMMIT_BATCH_PAIRS {
+                committed += batch.len() as u64;
+                db.put_all(std::mem::take(&mut batch))?;
+            }
+        }
+        committed += batch.len() as u64;
+        db.put_all(batch)?;
+        if owner != jobs.node {
+            let _ = std::fs::remove_file(&path); // a fetched copy
+        }
     }
     Ok(Some(
         job.counters(started.elapsed().as_millis() as u64, committed),
@@ -1138,14 +1301,14 @@ impl Worker {
     }
 
     /// Runs `task`; for a reduce, returns the maps whose runs could not be
-    /// fetched (the reduce then did not run).
+    /// fetched, with the node tried (the reduce then did not run).
     fn run_task(
         &self,
         db: &Db,
         cx: &TaskContext,
         task: TaskId,
         sources: &[u64],
-    ) -> Result<Vec<u32>> {
+    ) -> Result<Vec<(u32, u64)>> {
         let failed = |e: flotilla_mapreduce::MapReduceError| Error::Storage(e.to_string());
         match task.kind {
             TaskKind::Map => {
@@ -1174,7 +1337,7 @@ impl Worker {
                 for (map, &owner) in sources.iter().enumerate() {
                     let map = map as u32;
                     if unreachable.contains(&owner) {
-                        lost.push(map);
+                        lost.push((map, owner));
                         continue;
                     }
                     match obtain(
@@ -1193,12 +1356,23 @@ impl Worker {
                             if matches!(e, Error::Unavailable(_) | Error::Timeout(_)) {
                                 unreachable.insert(owner);
                             }
-                            lost.push(map);
+                            lost.push((map, owner));
                         }
                     }
                 }
                 if lost.is_empty() {
-                    run_reduce(cx, task.index, &runs).map_err(failed)?;
+                    match run_reduce(cx, task.index, &runs) {
+                        Ok(()) => {}
+                        // A damaged run is as good as lost: its map runs again.
+                        Err(flotilla_mapreduce::MapReduceError::DamagedRun { path, detail }) => {
+                            let map = runs.iter().position(|p| *p == path).ok_or_else(|| {
+                                Error::Storage(format!("{} is damaged: {detail}", path.display()))
+                            })?;
+                            warn!(job = self.id, map, "a map's run is damaged: {detail}");
+                            lost.push((map as u32, sources[map]));
+                        }
+                        Err(e) => return Err(failed(e)),
+                    }
                 }
                 for path in runs.iter().filter(|p| {
                     p.file_name()
@@ -1209,5 +1383,40 @@ impl Worker {
                 Ok(lost)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_coordinator_is_superseded_by_an_end_or_a_newer_generation_only() {
+        assert!(superseded("committed job wc ...", 3));
+        assert!(superseded("failed job wc ...: cancelled", 3));
+        assert!(superseded("running g4 job wc ...", 3));
+        // Its own line, an older one a lagging replica still shows, and
+        // the start before any generation: not superseded.
+        assert!(!superseded("running g3 job wc ...", 3));
+        assert!(!superseded("running g2 job wc ...", 3));
+        assert!(!superseded("starting job wc ...", 3));
+        assert!(!superseded("", 3));
+    }
+
+    #[test]
+    fn leases_read_back_and_junk_is_no_lease() {
+        assert_eq!(parse_lease(&lease_value(2, 17)), Some((2, 17)));
+        assert_eq!(parse_lease(b"2"), None);
+        assert_eq!(parse_lease(b"x:1"), None);
+        assert_eq!(parse_lease(b"\xff:1"), None);
+    }
+
+    #[test]
+    fn job_ids_that_could_leave_the_job_directory_are_refused() {
+        assert!(valid_id("wc-1795675765047-25401"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("../etc"));
+        assert!(!valid_id("a/b"));
+        assert!(!valid_id(&"x".repeat(129)));
     }
 }

@@ -316,7 +316,10 @@ fn follow_remote(client: &RemoteClient, spec: &MapReduceSpec) -> Result<(), Stri
                 c[0], c[1], c[2], c[3], view.coordinator
             ));
         }
-        if !view.status.starts_with("running") && !view.status.is_empty() {
+        // Empty or "starting": the member that answered has not applied
+        // the start yet.
+        let ended = view.status.starts_with("committed") || view.status.starts_with("failed");
+        if ended {
             break view;
         }
     };
