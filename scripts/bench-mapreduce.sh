@@ -2,10 +2,13 @@
 # MapReduce word count over ~130 MB of generated text stored in an embedded
 # store: prints the job's MB/s, a single-threaded count of the same stored
 # data for the ratio (checked to agree), and peak RSS.
-# Usage: bash scripts/bench-mapreduce.sh [MB]   (default 130)
+# With --cluster, first the same word count on a 3-node loopback cluster
+# (every member runs workers), with each member's peak RSS.
+# Usage: bash scripts/bench-mapreduce.sh [MB] [--cluster]   (default 130)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mb="${1:-130}"
+mode="${2:-}"
 cargo build --release --bin flotilla
 bin="${CARGO_TARGET_DIR:-target}/release/flotilla"
 dir=$(mktemp -d)
@@ -30,6 +33,25 @@ for f in range(mb):
     with open(f'{out_dir}/book{f:03}.txt', 'w') as fh:
         fh.write(''.join(parts))
 PY
+if [ "$mode" = "--cluster" ]; then
+    "$bin" cluster init --nodes 3 --dir "$dir/cl" >/dev/null
+    pids=()
+    for i in 1 2 3; do
+        "$bin" serve --config "$dir/cl/node$i.toml" 2>"$dir/node$i.log" &
+        pids+=($!)
+    done
+    trap 'kill -9 "${pids[@]}" 2>/dev/null; rm -rf "$dir"' EXIT
+    until "$bin" put bench-ready 1 --cluster "$dir/cl" 2>/dev/null; do sleep 0.2; done
+    echo "== 3-node cluster"
+    "$bin" import "$dir"/corpus/*.txt --prefix books/ --cluster "$dir/cl"
+    "$bin" mr run wc --input books/ --output wc/ --reduce 10 --workers 2 --cluster "$dir/cl"
+    for i in 0 1 2; do
+        echo "node$((i + 1)) $(grep VmHWM "/proc/${pids[$i]}/status" | tr -s ' ')"
+    done
+    kill -TERM "${pids[@]}"
+    wait "${pids[@]}" || true
+    echo "== embedded store, with the sequential count"
+fi
 "$bin" import "$dir"/corpus/*.txt --prefix books/ --data "$dir/db"
 /usr/bin/time -f "peak_rss_kb=%M" "$bin" mr run wc --input books/ --output wc/ \
     --reduce 10 --workers 2 --compare-sequential --data "$dir/db"
