@@ -40,7 +40,7 @@ if [ "$mode" = "--cluster" ]; then
         "$bin" serve --config "$dir/cl/node$i.toml" 2>"$dir/node$i.log" &
         pids+=($!)
     done
-    trap 'kill -9 "${pids[@]}" 2>/dev/null; rm -rf "$dir"' EXIT
+    trap 'kill -9 "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"' EXIT
     until "$bin" put bench-ready 1 --cluster "$dir/cl" 2>/dev/null; do sleep 0.2; done
     echo "== 3-node cluster"
     "$bin" import "$dir"/corpus/*.txt --prefix books/ --cluster "$dir/cl"
