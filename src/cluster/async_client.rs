@@ -305,20 +305,7 @@ impl AsyncRemoteClient {
     /// (that member coordinates it); returns the id. Retrying a start with
     /// the same id starts nothing more.
     pub async fn mapreduce(&self, id: &str, spec: &MapReduceSpec) -> Result<String> {
-        let (input_start, input_end) = spec.input.bounds()?;
-        let request = Request::MrStart(JobRequest {
-            id: id.to_string(),
-            job: spec.job.clone(),
-            arg: spec.arg.clone(),
-            input_start,
-            input_end,
-            output: spec.output.clone(),
-            reduce_tasks: spec.reduce_tasks,
-            workers: spec.workers as u64,
-            task_timeout_ms: spec.task_timeout.as_millis() as u64,
-            split_bytes: spec.split_bytes,
-            replace: spec.replace,
-        });
+        let request = Request::MrStart(JobRequest::new(id.to_string(), spec)?);
         self.call(request, |r| match r {
             Response::MrStarted(r) => r,
             other => Err(WireError::Other(format!("unexpected response {other:?}"))),

@@ -355,17 +355,7 @@ impl ClusterJobs {
                 request.split_bytes,
             )
             .map_err(Error::Storage)?;
-        let stored = StoredJob {
-            job: request.job,
-            arg: request.arg,
-            input_start: request.input_start,
-            input_end: request.input_end,
-            output: request.output,
-            reduce_tasks: request.reduce_tasks,
-            workers: request.workers,
-            task_timeout_ms: request.task_timeout_ms,
-            splits: splits.into_iter().map(Into::into).collect(),
-        };
+        let stored = StoredJob::new(request, splits);
         // Claiming the id first: of two starts of one id (a client's retry
         // reaching another member), one goes on and the other answers Ok.
         let starting = format!("starting {}", stored.summary());

@@ -57,7 +57,42 @@ pub(crate) struct StoredSplit {
     end: Vec<u8>,
 }
 
+impl JobRequest {
+    /// The request that starts `spec` as job `id`.
+    pub(crate) fn new(id: String, spec: &MapReduceSpec) -> Result<JobRequest> {
+        let (input_start, input_end) = spec.input.bounds()?;
+        Ok(JobRequest {
+            id,
+            job: spec.job.clone(),
+            arg: spec.arg.clone(),
+            input_start,
+            input_end,
+            output: spec.output.clone(),
+            reduce_tasks: spec.reduce_tasks,
+            workers: spec.workers as u64,
+            task_timeout_ms: spec.task_timeout.as_millis() as u64,
+            split_bytes: spec.split_bytes,
+            replace: spec.replace,
+        })
+    }
+}
+
 impl StoredJob {
+    /// The settings stored for `request`, mapping `splits`.
+    pub(crate) fn new(request: JobRequest, splits: Vec<Split>) -> StoredJob {
+        StoredJob {
+            job: request.job,
+            arg: request.arg,
+            input_start: request.input_start,
+            input_end: request.input_end,
+            output: request.output,
+            reduce_tasks: request.reduce_tasks,
+            workers: request.workers,
+            task_timeout_ms: request.task_timeout_ms,
+            splits: splits.into_iter().map(Into::into).collect(),
+        }
+    }
+
     /// The record stored under [`JOB_SPEC_PREFIX`].
     pub(crate) fn encode(&self) -> Result<Vec<u8>> {
         let mut record = vec![STORED_JOB_VERSION];
@@ -380,42 +415,18 @@ impl Db {
             now_ms(),
             std::process::id()
         );
+        let request = JobRequest::new(id, &spec)?;
         if let Some(jobs) = self.cluster_jobs() {
-            let request = JobRequest {
-                id,
-                job: spec.job,
-                arg: spec.arg,
-                input_start,
-                input_end,
-                output: spec.output,
-                reduce_tasks: spec.reduce_tasks,
-                workers: spec.workers as u64,
-                task_timeout_ms: spec.task_timeout.as_millis() as u64,
-                split_bytes: spec.split_bytes,
-                replace: spec.replace,
-            };
             let id = jobs.start_job(request)?;
             return follow_cluster_job(self, jobs, id);
         }
         let planning = std::time::Instant::now();
         let splits = DbStore(self.clone())
             .splits(&input_start, &input_end, spec.split_bytes)
-            .map_err(Error::Storage)?
-            .into_iter()
-            .map(Into::into)
-            .collect();
-        let stored = StoredJob {
-            job: spec.job,
-            arg: spec.arg,
-            input_start,
-            input_end,
-            output: spec.output,
-            reduce_tasks: spec.reduce_tasks,
-            workers: spec.workers as u64,
-            task_timeout_ms: spec.task_timeout.as_millis() as u64,
-            splits,
-        };
-        let mut handle = self.start_job(id, stored, spec.replace, false)?;
+            .map_err(Error::Storage)?;
+        let (id, replace) = (request.id.clone(), request.replace);
+        let stored = StoredJob::new(request, splits);
+        let mut handle = self.start_job(id, stored, replace, false)?;
         handle.planning = planning.elapsed();
         Ok(handle)
     }
