@@ -237,6 +237,22 @@ pub struct JobHandle {
 }
 
 impl JobHandle {
+    fn new(
+        id: String,
+        progress: mpsc::Receiver<Progress>,
+        cancel: Arc<AtomicBool>,
+        thread: std::thread::JoinHandle<Result<Report>>,
+    ) -> JobHandle {
+        JobHandle {
+            id,
+            progress,
+            latest: Progress::default(),
+            cancel,
+            planning: Duration::ZERO,
+            thread,
+        }
+    }
+
     /// The job's id (its status record's key after [`JOB_STATUS_PREFIX`]).
     pub fn id(&self) -> &str {
         &self.id
@@ -523,14 +539,7 @@ impl Db {
                 })
             })
             .map_err(|e| Error::Storage(format!("cannot start the job's runner: {e}")))?;
-        Ok(JobHandle {
-            id,
-            progress,
-            latest: Progress::default(),
-            cancel,
-            planning: Duration::ZERO,
-            thread,
-        })
+        Ok(JobHandle::new(id, progress, cancel, thread))
     }
 
     /// Calls `visit` on every pair in `range`, shard by shard: key order
@@ -614,14 +623,7 @@ fn follow_cluster_job(db: &Db, jobs: Arc<cluster::ClusterJobs>, id: String) -> R
             std::thread::sleep(Duration::from_millis(200));
         })
         .map_err(|e| Error::Storage(format!("cannot follow the job: {e}")))?;
-    Ok(JobHandle {
-        id,
-        progress,
-        latest: Progress::default(),
-        cancel,
-        planning: Duration::ZERO,
-        thread,
-    })
+    Ok(JobHandle::new(id, progress, cancel, thread))
 }
 
 fn sanitize(name: &str) -> String {
