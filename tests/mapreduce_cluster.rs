@@ -12,9 +12,14 @@ use std::time::{Duration, Instant};
 
 use flotilla::{JobView, MapReduceSpec, ReadConsistency, RemoteClient, ScanRange};
 
-mod support;
-use support::cluster::{Cluster, BIN};
-use support::corpus::{corpus, reference_word_count};
+// Not `mod support`, which would bring the linearizability checker's own
+// test into this binary as well.
+#[path = "support/cluster.rs"]
+mod cluster;
+#[path = "support/corpus.rs"]
+mod corpus;
+use cluster::{Cluster, BIN};
+use corpus::{corpus, reference_word_count};
 
 /// Where the coordinator records which node holds each completed task's
 /// output (see ARCHITECTURE.md, "MapReduce over a cluster").

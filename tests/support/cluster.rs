@@ -1,5 +1,8 @@
 //! A cluster of `flotilla serve` processes on loopback, one test's worth.
 
+// Each test binary uses a different part.
+#![allow(dead_code)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -1,6 +1,9 @@
 //! A deterministic multi-document corpus and the sequential reference
 //! word count the MapReduce tests compare against.
 
+// Each test binary uses a different part.
+#![allow(dead_code)]
+
 use std::collections::BTreeMap;
 
 /// Words for the corpus, some outside ASCII, mixed with digits and
