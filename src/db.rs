@@ -309,12 +309,21 @@ impl Db {
         &self.inner.settings.path
     }
 
-    pub(crate) fn job_factory(&self, name: &str) -> Option<crate::mapreduce::JobFactory> {
-        self.inner.settings.jobs.0.get(name).cloned()
-    }
-
-    pub(crate) fn job_names(&self) -> Vec<String> {
-        self.inner.settings.jobs.0.keys().cloned().collect()
+    /// The registered job `name`, built with its argument `arg`.
+    pub(crate) fn build_job(
+        &self,
+        name: &str,
+        arg: &str,
+    ) -> Result<Arc<dyn crate::mapreduce::Job>> {
+        let jobs = &self.inner.settings.jobs.0;
+        let factory = jobs.get(name).ok_or_else(|| {
+            let known: Vec<&str> = jobs.keys().map(String::as_str).collect();
+            Error::InvalidArgument(format!(
+                "no job named {name:?} on this node (known: {})",
+                known.join(", ")
+            ))
+        })?;
+        factory(arg).map_err(Error::InvalidArgument)
     }
 
     /// Applies `ops` together, atomically; see [`AsyncDb::write_batch`].

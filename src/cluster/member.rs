@@ -245,13 +245,10 @@ impl Member {
         }
     }
 
-    /// Sends `request` to member `to` (no forwarding on from there).
-    pub(crate) async fn ask(&self, to: u64, request: &Request) -> Result<Response> {
-        self.forward(to, request).await
-    }
-
-    /// Sends `request` to member `to` over a cached connection.
-    async fn forward(&self, to: u64, request: &Request) -> Result<Response> {
+    /// Sends `request` to member `to` over a cached connection (the
+    /// member serves it itself: requests between members are never
+    /// forwarded on).
+    pub(crate) async fn forward(&self, to: u64, request: &Request) -> Result<Response> {
         if let Some(mesh) = self.mesh.get() {
             if !mesh.faults().allows(self.id, to) {
                 return Err(Error::Unavailable(format!("the link to node {to} is cut")));

@@ -155,6 +155,39 @@ pub struct JobView {
     pub counters: Option<[u64; 12]>,
 }
 
+impl JobView {
+    /// The job's counters as progress, if the view has them.
+    pub fn progress(&self) -> Option<flotilla_mapreduce::Progress> {
+        let c = self.counters?;
+        Some(flotilla_mapreduce::Progress {
+            maps_done: c[0],
+            maps_total: c[1],
+            reduces_done: c[2],
+            reduces_total: c[3],
+            records_in: c[4],
+            bytes_in: c[5],
+            records_out: c[6],
+            bytes_out: c[7],
+        })
+    }
+
+    /// The report of a committed job (none before the commit).
+    pub fn report(&self) -> Option<flotilla_mapreduce::Report> {
+        if !self.status.starts_with("committed") {
+            return None;
+        }
+        let c = self.counters.unwrap_or_default();
+        Some(flotilla_mapreduce::Report {
+            progress: self.progress().unwrap_or_default(),
+            committed_pairs: c[11],
+            task_runs: c[8],
+            crashed_workers: 0,
+            elapsed: std::time::Duration::from_millis(c[9]),
+            commit_elapsed: std::time::Duration::from_millis(c[10]),
+        })
+    }
+}
+
 /// One group's state as a member reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteStatus {

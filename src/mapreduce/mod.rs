@@ -480,14 +480,7 @@ impl Db {
         replace: bool,
         resume: bool,
     ) -> Result<JobHandle> {
-        let factory = self.job_factory(&stored.job).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "no job named {:?} (known: {})",
-                stored.job,
-                self.job_names().join(", ")
-            ))
-        })?;
-        let job = factory(&stored.arg).map_err(Error::InvalidArgument)?;
+        let job = self.build_job(&stored.job, &stored.arg)?;
         let job_spec = JobSpec {
             id: id.clone(),
             job,
@@ -598,20 +591,11 @@ fn follow_cluster_job(db: &Db, jobs: Arc<cluster::ClusterJobs>, id: String) -> R
                 return Err(Error::Closed);
             }
             let view = jobs.view(&job_id);
-            let counters = view.counters.map(cluster::progress_of);
-            if let Some(p) = counters {
+            if let Some(p) = view.progress() {
                 let _ = tx.send(p);
             }
-            if view.status.starts_with("committed") {
-                let c = view.counters.unwrap_or_default();
-                return Ok(Report {
-                    progress: cluster::progress_of(c),
-                    committed_pairs: c[11],
-                    task_runs: c[8],
-                    crashed_workers: 0,
-                    elapsed: Duration::from_millis(c[9]),
-                    commit_elapsed: Duration::from_millis(c[10]),
-                });
+            if let Some(report) = view.report() {
+                return Ok(report);
             }
             if view.status.starts_with("failed") {
                 return Err(if view.status.ends_with(&Error::Cancelled.to_string()) {

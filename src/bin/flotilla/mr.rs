@@ -308,13 +308,8 @@ fn follow_remote(client: &RemoteClient, spec: &MapReduceSpec) -> Result<(), Stri
             }
             Err(e) => return Err(format!("job {id}: {e}")),
         };
-        if let Some(c) = view.counters {
-            progress.set_length(c[1] + c[3]);
-            progress.set_position(c[0] + c[2]);
-            progress.set_message(format!(
-                "maps {}/{} reduces {}/{} on node {}",
-                c[0], c[1], c[2], c[3], view.coordinator
-            ));
+        if let Some(p) = view.progress() {
+            show(&progress, &p);
         }
         // Empty or "starting": the member that answered has not applied
         // the start yet.
@@ -324,49 +319,36 @@ fn follow_remote(client: &RemoteClient, spec: &MapReduceSpec) -> Result<(), Stri
         }
     };
     progress.finish_and_clear();
-    if !view.status.starts_with("committed") {
-        return Err(format!("job {id}: {}", view.status));
-    }
-    let c = view.counters.unwrap_or_default();
-    let seconds = (c[9] as f64 / 1e3).max(1e-9);
+    let report = view
+        .report()
+        .ok_or_else(|| format!("job {id}: {}", view.status))?;
     println!(
-        "job={id} committed_pairs={} maps={} reduces={} task_runs={} records_in={} bytes_in={} records_out={} seconds={seconds:.2} commit_seconds={:.2} mb_per_sec={:.1} coordinator={}",
-        c[11],
-        c[1],
-        c[3],
-        c[8],
-        c[4],
-        c[5],
-        c[6],
-        c[10] as f64 / 1e3,
-        c[5] as f64 / 1e6 / seconds,
+        "{} coordinator={}",
+        report_line(&id, &report),
         view.coordinator
     );
     Ok(())
 }
 
-/// Shows a job's progress, then prints its report; returns the input bytes
-/// and the seconds it took.
-fn follow(mut handle: flotilla::JobHandle) -> Result<(u64, f64), String> {
-    let progress = bar(0, "tasks");
-    while let Some(p) = handle.next_progress(Duration::from_millis(200)) {
-        progress.set_length(p.maps_total + p.reduces_total);
-        progress.set_position(p.maps_done + p.reduces_done);
-        progress.set_message(format!(
-            "maps {}/{} reduces {}/{} in {} MB",
-            p.maps_done,
-            p.maps_total,
-            p.reduces_done,
-            p.reduces_total,
-            p.bytes_in >> 20
-        ));
-    }
-    progress.finish_and_clear();
-    let id = handle.id().to_string();
-    let report = handle.wait().map_err(|e| format!("job {id} failed: {e}"))?;
+/// Moves the bar to `p`.
+fn show(progress: &ProgressBar, p: &flotilla::Progress) {
+    progress.set_length(p.maps_total + p.reduces_total);
+    progress.set_position(p.maps_done + p.reduces_done);
+    progress.set_message(format!(
+        "maps {}/{} reduces {}/{} in {} MB",
+        p.maps_done,
+        p.maps_total,
+        p.reduces_done,
+        p.reduces_total,
+        p.bytes_in >> 20
+    ));
+}
+
+/// A committed job's report as `name=value` fields.
+fn report_line(id: &str, report: &flotilla::Report) -> String {
     let p = report.progress;
     let seconds = report.elapsed.as_secs_f64().max(1e-9);
-    println!(
+    format!(
         "job={id} committed_pairs={} maps={} reduces={} task_runs={} crashed_workers={} records_in={} bytes_in={} records_out={} seconds={:.2} commit_seconds={:.2} mb_per_sec={:.1}",
         report.committed_pairs,
         p.maps_total,
@@ -379,8 +361,24 @@ fn follow(mut handle: flotilla::JobHandle) -> Result<(u64, f64), String> {
         seconds,
         report.commit_elapsed.as_secs_f64(),
         p.bytes_in as f64 / 1e6 / seconds
-    );
-    Ok((p.bytes_in, seconds))
+    )
+}
+
+/// Shows a job's progress, then prints its report; returns the input bytes
+/// and the seconds it took.
+fn follow(mut handle: flotilla::JobHandle) -> Result<(u64, f64), String> {
+    let progress = bar(0, "tasks");
+    while let Some(p) = handle.next_progress(Duration::from_millis(200)) {
+        show(&progress, &p);
+    }
+    progress.finish_and_clear();
+    let id = handle.id().to_string();
+    let report = handle.wait().map_err(|e| format!("job {id} failed: {e}"))?;
+    println!("{}", report_line(&id, &report));
+    Ok((
+        report.progress.bytes_in,
+        report.elapsed.as_secs_f64().max(1e-9),
+    ))
 }
 
 /// Word count on one thread over the same input, checked against the job's

@@ -113,14 +113,7 @@ impl ClusterJobs {
                 "an empty output prefix would overwrite the whole store".into(),
             ));
         }
-        let factory = db.job_factory(&request.job).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "no job named {:?} (known: {})",
-                request.job,
-                db.job_names().join(", ")
-            ))
-        })?;
-        factory(&request.arg).map_err(Error::InvalidArgument)?;
+        db.build_job(&request.job, &request.arg)?;
         let store = DbStore(db.clone());
         if !store
             .is_prefix_empty(&request.output)
@@ -544,20 +537,6 @@ pub(super) fn forget(db: &Db, job: &Arc<Coordinating>) {
     match db.cluster_jobs() {
         Some(jobs) => jobs.unregister(job),
         None => job.deposed.store(true, Ordering::Relaxed),
-    }
-}
-
-/// Progress from `JobView::counters`.
-pub(crate) fn progress_of(c: [u64; 12]) -> flotilla_mapreduce::Progress {
-    flotilla_mapreduce::Progress {
-        maps_done: c[0],
-        maps_total: c[1],
-        reduces_done: c[2],
-        reduces_total: c[3],
-        records_in: c[4],
-        bytes_in: c[5],
-        records_out: c[6],
-        bytes_out: c[7],
     }
 }
 

@@ -29,7 +29,6 @@ use crate::ReadConsistency;
 mod coordinator;
 mod worker;
 
-pub(crate) use coordinator::progress_of;
 #[cfg(test)]
 use coordinator::superseded;
 use coordinator::{parse_report, Coordinating};
@@ -396,7 +395,7 @@ impl ClusterJobs {
             .member()
             .ok_or_else(|| Error::InvalidArgument("not a cluster member".into()))?
             .clone();
-        db.block(async move { member.ask(to, &request).await })
+        db.block(async move { member.forward(to, &request).await })
     }
 }
 

@@ -12,13 +12,7 @@ impl ClusterJobs {
             .get_with(key(JOB_SPEC_PREFIX, id), ReadConsistency::Stale)?
             .ok_or_else(|| Error::Storage(format!("job {id} has no stored settings yet")))?;
         let stored = Arc::new(StoredJob::decode(id, &record)?);
-        let factory = db.job_factory(&stored.job).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "job {:?} is not registered on this node",
-                stored.job
-            ))
-        })?;
-        let job = factory(&stored.arg).map_err(Error::InvalidArgument)?;
+        let job = db.build_job(&stored.job, &stored.arg)?;
         let input_index: u64 = db
             .get_with(key(INPUT_INDEX_PREFIX, id), ReadConsistency::Stale)?
             .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
