@@ -421,7 +421,8 @@ fn start_mesh(
         let member = member.clone();
         Box::pin(async move {
             let response = match proto::decode::<Request>(&payload) {
-                Ok(request) => member.execute(request, peer == 0).await,
+                Ok(request) if peer == 0 => member.serve_client(request).await,
+                Ok(request) => member.execute(request, false).await,
                 Err(e) => Response::Write(Err(WireError::from(e))),
             };
             proto::encode(&response)

@@ -139,6 +139,7 @@ impl AsyncRemoteClient {
                 .and_then(|l| *l)
                 .unwrap_or_else(|| ids[next % ids.len()]);
             let attempt = tokio::time::timeout_at(deadline, self.send_to(target, &request)).await;
+            let mut served_by = None;
             let result = match attempt {
                 Err(_) if !answered => Err(Error::Unavailable(format!(
                     "node {target} at {} did not answer",
@@ -148,13 +149,22 @@ impl AsyncRemoteClient {
                 Ok(Err(e)) => Err(e),
                 Ok(Ok(response)) => {
                     answered = true;
+                    // A member that forwarded to the leader names it: go
+                    // there directly from now on, saving two hops.
+                    let response = match response {
+                        Response::Forwarded { leader, response } => {
+                            served_by = Some(leader).filter(|l| self.nodes.contains_key(l));
+                            *response
+                        }
+                        other => other,
+                    };
                     pick(response).map_err(Error::from)
                 }
             };
             match result {
                 Ok(value) => {
                     if let Ok(mut leader) = self.leader.lock() {
-                        *leader = Some(target);
+                        *leader = Some(served_by.unwrap_or(target));
                     }
                     return Ok(value);
                 }
@@ -355,6 +365,10 @@ impl AsyncRemoteClient {
             Err(_) => Err(Error::Timeout(self.timeout)),
             Ok(Err(e)) => Err(e),
             Ok(Ok(Response::Get(r))) => r.map_err(Error::from),
+            Ok(Ok(Response::Forwarded { response, .. })) => match *response {
+                Response::Get(r) => r.map_err(Error::from),
+                other => Err(Error::Unavailable(format!("unexpected response {other:?}"))),
+            },
             Ok(Ok(other)) => Err(Error::Unavailable(format!("unexpected response {other:?}"))),
         }
     }

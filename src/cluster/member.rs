@@ -102,6 +102,24 @@ impl Member {
     /// leader is forwarded to it, one from a member is not (no loops).
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.id, from_client))]
     pub(crate) async fn execute(&self, request: Request, from_client: bool) -> Response {
+        self.execute_routed(request, from_client).await.0
+    }
+
+    /// Serves a request from a remote client: as [`execute`](Self::execute),
+    /// but an answer the leader gave is wrapped in [`Response::Forwarded`]
+    /// so the client learns where to go next time.
+    pub(crate) async fn serve_client(&self, request: Request) -> Response {
+        match self.execute_routed(request, true).await {
+            (response, Some(leader)) => Response::Forwarded {
+                leader,
+                response: Box::new(response),
+            },
+            (response, None) => response,
+        }
+    }
+
+    /// The response, and the leader it came from if it was forwarded there.
+    async fn execute_routed(&self, request: Request, from_client: bool) -> (Response, Option<u64>) {
         let response = self.execute_local(request.clone()).await;
         // A client asking a member that does not coordinate a running job
         // for its progress is sent on to the coordinator.
@@ -115,25 +133,25 @@ impl Member {
                 if let Ok(forwarded @ Response::MrView(Ok(_))) =
                     self.forward(view.coordinator, &request).await
                 {
-                    return forwarded;
+                    return (forwarded, None);
                 }
             }
-            return response;
+            return (response, None);
         }
         let leader = match &response {
             Response::Write(Err(WireError::NotLeader(Some(l))))
             | Response::Get(Err(WireError::NotLeader(Some(l))))
             | Response::Scan(Err(WireError::NotLeader(Some(l)))) => *l,
-            _ => return response,
+            _ => return (response, None),
         };
         if !from_client || leader == self.id {
-            return response;
+            return (response, None);
         }
         match self.forward(leader, &request).await {
-            Ok(forwarded) => forwarded,
+            Ok(forwarded) => (forwarded, Some(leader)),
             Err(e) => {
                 debug!(leader, "forwarding failed: {e}");
-                response
+                (response, None)
             }
         }
     }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::scan::Pair;
 
-const PROTO_VERSION: u8 = 1;
+const PROTO_VERSION: u8 = 2;
 
 /// How fresh a remote read must be (the wire form of [`ReadConsistency`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,6 +228,13 @@ pub(crate) enum Response {
     MrTask(Result<WireAssignment, WireError>),
     MrAck(Result<(), WireError>),
     MrChunk(Result<Chunk, WireError>),
+    /// A client's request that the member asked sent on to the leader:
+    /// the leader's answer, and who the leader is, so that the client
+    /// sends its next requests there itself.
+    Forwarded {
+        leader: u64,
+        response: Box<Response>,
+    },
 }
 
 /// An [`Error`] on the wire.

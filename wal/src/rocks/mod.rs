@@ -231,11 +231,14 @@ impl LogStore for RocksLogStore {
     }
 
     fn log_bytes(&self, group: GroupId) -> Result<u64, StorageError> {
-        let mut caches = self.shared.caches();
-        if let Some(cache) = caches.get(group) {
-            return Ok(cache.bytes());
+        if let Some(bytes) = self.shared.durable_bytes(group) {
+            return Ok(bytes);
         }
-        Ok(caches.get_or_load(&self.db, group)?.bytes())
+        // First ask for this group: load its shape (waiting for the writer).
+        let mut caches = self.shared.caches();
+        caches.get_or_load(&self.db, group)?;
+        self.shared.publish_bytes(&caches, [group]);
+        Ok(self.shared.durable_bytes(group).unwrap_or(0))
     }
 
     fn entries(

@@ -2,6 +2,7 @@
 //! them as one WriteBatch, syncs once and completes them all. No other thread
 //! writes the log, so no RocksDB write ever runs on a tokio worker.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -16,6 +17,7 @@ use crate::failpoint;
 use crate::keys::{self, StateKind, RAFT_LOG_CF, RAFT_STATE_CF};
 use crate::record;
 use crate::store::{Completion, Durability, LogWrite};
+use crate::GroupId;
 
 pub(crate) struct WriteRequest {
     pub(crate) writes: Vec<LogWrite>,
@@ -30,6 +32,10 @@ pub(crate) struct Shared {
     /// Per-group log shape; the writer holds the lock from encoding a batch
     /// until it is durable, so readers never see bytes of a failed write.
     pub(crate) caches: Mutex<GroupCaches>,
+    /// Each group's log bytes as of its last durable write, copied out of
+    /// `caches` so the group loops can ask for it every round without
+    /// waiting behind a write and its fsync.
+    durable_bytes: Mutex<HashMap<GroupId, u64>>,
 }
 
 impl Shared {
@@ -48,6 +54,29 @@ impl Shared {
     pub(crate) fn caches(&self) -> MutexGuard<'_, GroupCaches> {
         self.caches.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// The group's log bytes as of its last durable write, if known yet.
+    pub(crate) fn durable_bytes(&self, group: GroupId) -> Option<u64> {
+        self.durable_map().get(&group).copied()
+    }
+
+    /// Records the current sizes of `groups` from `caches` as durable.
+    pub(crate) fn publish_bytes(
+        &self,
+        caches: &GroupCaches,
+        groups: impl IntoIterator<Item = GroupId>,
+    ) {
+        let mut durable = self.durable_map();
+        for group in groups {
+            if let Some(cache) = caches.get(group) {
+                durable.insert(group, cache.bytes());
+            }
+        }
+    }
+
+    fn durable_map(&self) -> MutexGuard<'_, HashMap<GroupId, u64>> {
+        self.durable_bytes.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 pub(crate) fn spawn(
@@ -63,6 +92,7 @@ pub(crate) fn spawn(
                 db,
                 durability,
                 shared,
+                sync_after_write: true,
             }
             .run(rx)
         })
@@ -72,6 +102,9 @@ struct Writer {
     db: Arc<DB>,
     durability: Durability,
     shared: Arc<Shared>,
+    /// Under `Sync`, write the batch unsynced and then sync the WAL, rather
+    /// than one synced write (see [`Writer::write`]).
+    sync_after_write: bool,
 }
 
 /// Commits `writes` on the calling thread, exactly as the writer thread
@@ -82,10 +115,13 @@ pub(crate) fn commit_now(
     shared: &Arc<Shared>,
     writes: Vec<LogWrite>,
 ) -> Result<(), StorageError> {
+    // One synced write: RocksDB merges concurrent synced writes of several
+    // callers into one fsync, and the caller applies only after it anyway.
     let writer = Writer {
         db: Arc::clone(db),
         durability,
         shared: Arc::clone(shared),
+        sync_after_write: false,
     };
     crate::store::wait_for(|done| {
         let mut batch = vec![WriteRequest {
@@ -178,6 +214,7 @@ impl Writer {
         let mut caches = self.shared.caches();
         let mut wb = WriteBatch::default();
         let (mut hard_state, mut compaction) = (false, false);
+        let mut groups = Vec::new();
         let mut accepted = Vec::with_capacity(batch.len());
         let mut refused = Vec::new();
         for mut request in batch.drain(..) {
@@ -188,6 +225,9 @@ impl Writer {
             for write in &request.writes {
                 hard_state |= write.hard_state.is_some();
                 compaction |= write.compact.is_some();
+                if !groups.contains(&write.group) {
+                    groups.push(write.group);
+                }
             }
             accepted.push(request);
         }
@@ -196,7 +236,7 @@ impl Writer {
             drop(caches);
             Ok(())
         } else {
-            self.write(caches, wb, hard_state, compaction)
+            self.write(caches, wb, hard_state, compaction, &groups)
         };
         // Completions run without the cache lock: one may read the store.
         for (request, e) in refused {
@@ -211,6 +251,7 @@ impl Writer {
         wb: WriteBatch,
         hard_state: bool,
         compaction: bool,
+        groups: &[GroupId],
     ) -> Result<(), StorageError> {
         failpoint::hit(failpoint::BEFORE_LOG_WRITE);
         if hard_state {
@@ -219,19 +260,34 @@ impl Writer {
         if compaction {
             failpoint::hit(failpoint::BEFORE_COMPACTION);
         }
+        // The writer thread writes unsynced and then syncs the WAL: RocksDB
+        // queues every write behind a synced one until its fsync ends, while
+        // a separate WAL sync lets the state machine's unsynced applies (on
+        // the group loops) go ahead during the fsync. Everything written
+        // before the sync is durable once it returns, and the completions
+        // run only after it.
+        let sync_after = self.sync_after_write && self.durability == Durability::Sync;
         let mut opts = WriteOptions::default();
         match self.durability {
-            Durability::Sync => opts.set_sync(true),
+            Durability::Sync => opts.set_sync(!sync_after),
             Durability::Buffered { .. } => {}
             Durability::None => opts.disable_wal(true),
         }
-        if let Err(e) = self.db.write_opt(wb, &opts) {
+        let written = self.db.write_opt(wb, &opts).and_then(|()| {
+            if sync_after {
+                self.db.flush_wal(true)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
             let cause = format!("log write failed: {e}");
             self.shared.poison(cause.clone());
             // What is on disk is unknown now; reload from it if ever asked.
             caches.clear();
             return Err(StorageError::Poisoned { cause });
         }
+        self.shared.publish_bytes(&caches, groups.iter().copied());
         drop(caches);
         failpoint::hit(failpoint::AFTER_LOG_SYNC);
         if hard_state {
