@@ -5,6 +5,12 @@
 //! newlines and backslashes escaped); a missing key prints nothing and exits
 //! 1; any failure exits 2 with a message on stderr.
 
+// Fewer cycles per allocation than glibc's malloc on the request paths
+// (see the `mimalloc` feature in Cargo.toml).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod escape;
 mod mr;
