@@ -82,6 +82,50 @@ fn basic_writes_and_reads_through_any_member() {
     }
 }
 
+#[test]
+fn a_client_that_reaches_a_follower_first_then_goes_to_the_leader() {
+    let mut cluster = Cluster::start(3);
+    let client = cluster.client();
+    // A client with no leader known asks node 1 first: make it a follower.
+    if cluster.leader(&client) == 1 {
+        cluster.kill(1);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while client.put(b"elect", b"another").is_err() {
+            assert!(Instant::now() < deadline, "no new leader without node 1");
+        }
+        cluster.restart(1);
+    }
+    let leader = cluster.leader(&client);
+    assert_ne!(leader, 1);
+    // Node 1 must answer as a follower: were it down, the client would
+    // move on to another member by itself and prove nothing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let node1 = client.status().into_iter().find(|(node, _)| *node == 1);
+        if let Some((_, Ok(groups))) = node1 {
+            if groups[0].role == "Follower" && groups[0].leader == leader {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 did not rejoin as a follower"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let fresh = cluster.client();
+    assert_eq!(fresh.leader_hint(), None);
+    fresh.put(b"k", b"v").expect("put through a follower");
+    // Node 1 forwarded the write and named the leader: the client goes
+    // there itself from now on, instead of paying two more hops each time.
+    assert_eq!(fresh.leader_hint(), Some(leader));
+    assert_eq!(
+        fresh.get(b"k", ReadConsistency::Linearizable).expect("get"),
+        Some(b"v".to_vec())
+    );
+    assert_eq!(fresh.leader_hint(), Some(leader));
+}
+
 /// Appends unique tokens to one key per client and records which were
 /// acknowledged; returns (key, acknowledged tokens in order) per client.
 fn append_load(

@@ -64,6 +64,13 @@ impl AsyncRemoteClient {
         })
     }
 
+    /// The member this client sends its next request to first: the leader
+    /// it last learned of (from an answer, a `NotLeader` hint or a member
+    /// that forwarded to the leader), or `None` before any answer.
+    pub fn leader_hint(&self) -> Option<u64> {
+        self.leader.lock().ok().and_then(|l| *l)
+    }
+
     fn cached(&self, node: u64) -> Option<Arc<PeerConnection>> {
         let conns = self.conns.lock().ok()?;
         conns.get(&node).filter(|c| !c.is_closed()).cloned()

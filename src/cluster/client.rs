@@ -41,6 +41,12 @@ impl RemoteClient {
         self.runtime.block_on(self.inner.job(id))
     }
 
+    /// The member this client sends its next request to first (see
+    /// [`AsyncRemoteClient::leader_hint`]).
+    pub fn leader_hint(&self) -> Option<u64> {
+        self.inner.leader_hint()
+    }
+
     /// Sets `key` to `value`.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
         self.runtime.block_on(self.inner.put(key, value))
