@@ -50,6 +50,9 @@ pub struct Status {
     pub groups: Vec<GroupStatus>,
 }
 
+/// How long closing a `Db` waits for its runtime's tasks to be dropped.
+const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
 struct Inner {
     node: Mutex<Option<Node>>,
     group: GroupHandle,
@@ -72,9 +75,17 @@ impl Drop for Inner {
                 node.shutdown();
             }
         }
-        // Dropping a runtime may not block inside another runtime's context.
         if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
+            if tokio::runtime::Handle::try_current().is_ok() {
+                // Dropping a runtime may not block inside another runtime.
+                runtime.shutdown_background();
+            } else {
+                // Wait for the workers to drop their tasks: those hold the
+                // store, and a process that exits while RocksDB is still
+                // open under a worker aborts ("pthread lock: Invalid
+                // argument") when its statics are torn down.
+                runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+            }
         }
     }
 }

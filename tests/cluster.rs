@@ -241,7 +241,8 @@ fn kill_9_of_all_nodes_repeatedly_loses_nothing() {
     for id in 1..=3 {
         assert!(
             cluster.terminate(id),
-            "node {id} did not exit cleanly on SIGTERM"
+            "node {id} did not exit cleanly on SIGTERM; logs:\n{}",
+            cluster.log_tails(20)
         );
     }
 }
