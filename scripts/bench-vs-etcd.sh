@@ -88,10 +88,14 @@ for line in open(sys.argv[1]):
     rate = float(re.search(r'ops_per_sec=([\d.]+)', line).group(1))
     p50 = float(re.search(r'p50_ms=([\d.]+)', line).group(1))
     runs.setdefault((workload, int(clients)), {}).setdefault(engine, []).append((rate, p50))
-print('| workload | clients | etcd ops/s (p50 ms) | flotilla ops/s (p50 ms) | ratio |')
-print('|---|---|---|---|---|')
+print('| workload | clients | etcd ops/s (p50 ms) | flotilla ops/s (p50 ms) | ratio of medians | ratio per round |')
+print('|---|---|---|---|---|---|')
 for (workload, clients), by in runs.items():
     med = {e: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for e, v in by.items()}
     (er, ep), (fr, fp) = med['etcd'], med['flotilla']
-    print(f'| {workload} | {clients} | {er:,.0f} ({ep:.2f}) | {fr:,.0f} ({fp:.2f}) | {fr / er:.2f} |')
+    # Each round ran etcd and flotilla back to back: their ratio is the
+    # least disturbed by the machine's drift.
+    per_round = [f / e for (e, _), (f, _) in zip(by['etcd'], by['flotilla'])]
+    spread = f'{min(per_round):.2f}–{max(per_round):.2f}'
+    print(f'| {workload} | {clients} | {er:,.0f} ({ep:.2f}) | {fr:,.0f} ({fp:.2f}) | {fr / er:.2f} | {spread} |')
 PY
