@@ -29,7 +29,7 @@ use crate::node::Transport;
 use crate::raft::core::{RaftCore, Role};
 use crate::raft::error::ProposeError;
 use crate::raft::message::SnapshotMeta;
-use crate::raft::ready::{PersistRequest, ReadState};
+use crate::raft::ready::{PersistRequest, ReadState, StagedChunk};
 
 /// Length of one tick of the core's clock.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -384,7 +384,7 @@ impl GroupLoop {
         self.was_leader = is_leader;
     }
 
-    async fn persist(&mut self, request: PersistRequest) {
+    async fn persist(&mut self, mut request: PersistRequest) {
         if let Some(why) = &self.fatal {
             debug!(
                 group = self.group,
@@ -393,7 +393,9 @@ impl GroupLoop {
             return;
         }
         if !request.stage_chunks.is_empty() || request.install_snapshot.is_some() {
-            if let Err(e) = self.persist_snapshot_part(&request).await {
+            let chunks = std::mem::take(&mut request.stage_chunks);
+            let install = request.install_snapshot.take();
+            if let Err(e) = self.persist_snapshot_part(chunks, install).await {
                 self.poison(format!("snapshot staging or install failed: {e}"));
                 return;
             }
@@ -422,11 +424,15 @@ impl GroupLoop {
         );
     }
 
-    /// Stages received chunks and installs a complete snapshot, in place on
-    /// this thread: both are rare, and everything after them must wait.
+    /// Stages received chunks and installs a complete snapshot. Both are
+    /// rare and everything after them must wait, so the loop waits; the
+    /// RocksDB work runs on a blocking thread, because an install writes the
+    /// whole image in one batch and the member runtime's one worker also
+    /// drives QUIC, which must keep answering meanwhile.
     async fn persist_snapshot_part(
         &mut self,
-        request: &PersistRequest,
+        chunks: Vec<StagedChunk>,
+        install: Option<SnapshotMeta>,
     ) -> Result<(), SnapshotError> {
         // A build running against the old data would make an older
         // snapshot current after the install; let it finish first.
@@ -436,12 +442,29 @@ impl GroupLoop {
                 None => break,
             }
         }
-        for chunk in &request.stage_chunks {
-            self.snapshots
-                .stage_chunk(&chunk.meta, chunk.offset, &chunk.data)?;
+        // The store keeps no state of its own: a second handle on the
+        // same group is as good as the loop's.
+        let mut store = RocksSnapshotStore::new(self.log.clone(), self.group, self.chunk_bytes);
+        let to_install = install.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            for chunk in &chunks {
+                store.stage_chunk(&chunk.meta, chunk.offset, &chunk.data)?;
+            }
+            if let Some(meta) = &to_install {
+                store.install_staged(meta)?;
+            }
+            Ok::<_, SnapshotError>(())
+        })
+        .await;
+        match stored {
+            Ok(result) => result?,
+            Err(e) => {
+                return Err(SnapshotError::Storage(StorageError::Engine(format!(
+                    "snapshot staging stopped: {e}"
+                ))))
+            }
         }
-        if let Some(meta) = &request.install_snapshot {
-            self.snapshots.install_staged(meta)?;
+        if let Some(meta) = &install {
             self.applier.reload(meta)?;
         }
         Ok(())
