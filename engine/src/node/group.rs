@@ -6,8 +6,9 @@
 //! The loop is a future. A cluster member runs it as a task on the runtime
 //! that also drives QUIC, so a Raft message goes from the socket to the core
 //! and back out without crossing threads; a single-node store runs it on a
-//! thread of its own. Applying and snapshot staging block on RocksDB for a
-//! bounded batch; the runtime that hosts the loop is sized for that.
+//! thread of its own. Applying blocks on RocksDB for one bounded batch;
+//! staging and installing a received snapshot run on a blocking thread
+//! while the loop waits, so the runtime's worker keeps serving QUIC.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
