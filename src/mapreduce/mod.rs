@@ -419,26 +419,26 @@ impl Db {
     /// job and every member runs workers; if this member stops, another one
     /// takes the job over.
     pub fn mapreduce(&self, spec: MapReduceSpec) -> Result<JobHandle> {
-        let (input_start, input_end) = spec.input.bounds()?;
-        if spec.split_bytes == 0 {
-            return Err(Error::InvalidArgument(
-                "split_bytes must be above zero".into(),
-            ));
-        }
         let id = format!(
             "{}-{}-{}",
             sanitize(&spec.job),
             now_ms(),
             std::process::id()
         );
+        // Checks the input range first.
         let request = JobRequest::new(id, &spec)?;
+        if spec.split_bytes == 0 {
+            return Err(Error::InvalidArgument(
+                "split_bytes must be above zero".into(),
+            ));
+        }
         if let Some(jobs) = self.cluster_jobs() {
             let id = jobs.start_job(request)?;
             return follow_cluster_job(self, jobs, id);
         }
         let planning = std::time::Instant::now();
         let splits = DbStore(self.clone())
-            .splits(&input_start, &input_end, spec.split_bytes)
+            .splits(&request.input_start, &request.input_end, spec.split_bytes)
             .map_err(Error::Storage)?;
         let (id, replace) = (request.id.clone(), request.replace);
         let stored = StoredJob::new(request, splits);

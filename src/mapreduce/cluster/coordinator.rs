@@ -60,6 +60,15 @@ impl Coordinating {
         self.owners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Forgets that `task` completed (its output is gone): its record, its
+    /// owner, and its place in the table, so it runs again.
+    pub(super) fn lose(&self, db: &Db, task: TaskId) -> Result<()> {
+        db.delete(task_key(&self.id, task))?;
+        self.owners().remove(&task);
+        self.table().lose(task);
+        Ok(())
+    }
+
     pub(super) fn counters(&self, commit_ms: u64, committed: u64) -> [u64; 12] {
         let t = self.table();
         let [records_in, bytes_in, records_out, bytes_out] = self.counters.read();
@@ -261,11 +270,9 @@ impl ClusterJobs {
         // `node` hosts the split's shard.
         let is_local = |_task: TaskId| node != 0;
         let now = job.now_ms();
-        let assignment = job.table().request_preferring(
-            node.saturating_mul(1_000).saturating_add(worker),
-            now,
-            &is_local,
-        );
+        let assignment = job
+            .table()
+            .request_preferring(worker_id(node, worker), now, &is_local);
         Ok(match assignment {
             flotilla_mapreduce::Assignment::Run(task) => {
                 let owners = job.owners();
@@ -327,9 +334,7 @@ impl ClusterJobs {
                     node = from,
                     "map output lost; running the map again"
                 );
-                db.delete(task_key(id, lost))?;
-                job.owners().remove(&lost);
-                job.table().lose(lost);
+                job.lose(&db, lost)?;
             }
             job.table().reset(task);
             return Ok(());
@@ -497,12 +502,7 @@ pub(super) fn finish(db: &Db, job: &Arc<Coordinating>) {
         Err(e) => (format!("failed {summary}: {e}"), None),
     };
     if let Some(counters) = report {
-        let text = counters
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(" ");
-        if let Err(e) = db.put(key(REPORT_PREFIX, &job.id), text) {
+        if let Err(e) = db.put(key(REPORT_PREFIX, &job.id), report_text(counters)) {
             warn!(job = job.id, "cannot store the report: {e}");
         }
     }
@@ -563,9 +563,7 @@ pub(super) fn commit(db: &Db, job: &Arc<Coordinating>) -> Result<Option<[u64; 12
                     job = job.id,
                     reduce, owner, "reduce output lost ({e}); running it again"
                 );
-                db.delete(task_key(&job.id, task))?;
-                job.owners().remove(&task);
-                job.table().lose(task);
+                job.lose(db, task)?;
                 return Ok(None);
             }
         };
@@ -590,6 +588,16 @@ pub(super) fn commit(db: &Db, job: &Arc<Coordinating>) -> Result<Option<[u64; 12
     Ok(Some(
         job.counters(started.elapsed().as_millis() as u64, committed),
     ))
+}
+
+/// A report as stored under [`REPORT_PREFIX`]: the counters in decimal,
+/// space-separated ([`parse_report`] reads it back).
+fn report_text(counters: &[u64; 12]) -> String {
+    counters
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub(super) fn parse_report(text: &[u8]) -> Option<[u64; 12]> {

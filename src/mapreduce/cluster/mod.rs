@@ -101,6 +101,20 @@ fn lease_value(node: u64, generation: u64) -> Vec<u8> {
     format!("{node}:{generation}").into_bytes()
 }
 
+/// A worker's id across the cluster: its node and its number there.
+fn worker_id(node: u64, n: u64) -> u64 {
+    node.saturating_mul(1_000).saturating_add(n)
+}
+
+/// The name of a job file: map `map`'s run for reduce `reduce`, or (no
+/// map) reduce `reduce`'s output.
+fn job_file_name(id: &str, map: Option<u32>, reduce: u32) -> String {
+    match map {
+        Some(map) => map_run_name(id, map, reduce),
+        None => reduce_output_name(id, reduce),
+    }
+}
+
 /// The job directory on this member.
 fn job_dir(db: &Db, id: &str) -> PathBuf {
     db.path().join("mapreduce").join(format!("mr-{id}"))
@@ -140,6 +154,15 @@ impl ClusterJobs {
             warn!("cannot start the MapReduce job watcher: {e}");
         }
         jobs
+    }
+
+    /// True if workers of job `id` still run on this member (or the table
+    /// cannot be read, which counts as busy).
+    fn is_working(&self, id: &str) -> bool {
+        self.working
+            .lock()
+            .map(|w| w.contains_key(id))
+            .unwrap_or(true)
     }
 
     fn coordinating(&self, id: &str) -> Option<Arc<Coordinating>> {
@@ -287,12 +310,7 @@ impl ClusterJobs {
             if let Err(e) = self.watch_lease(db, id) {
                 debug!(job = id, "lease check: {e}");
             }
-            let busy = self
-                .working
-                .lock()
-                .map(|w| w.contains_key(id))
-                .unwrap_or(true);
-            if !busy {
+            if !self.is_working(id) {
                 if let Err(e) = self.start_workers(db, id) {
                     warn!(job = id, "cannot start workers: {e}");
                 }
@@ -306,12 +324,8 @@ impl ClusterJobs {
                 let Some(id) = name.strip_prefix("mr-") else {
                     continue;
                 };
-                let busy = self
-                    .working
-                    .lock()
-                    .map(|w| w.contains_key(id))
-                    .unwrap_or(true);
-                if !running.contains(id) && !busy && self.coordinating(id).is_none() {
+                if !running.contains(id) && !self.is_working(id) && self.coordinating(id).is_none()
+                {
                     info!(job = id, "removing a finished job's files");
                     let _ = std::fs::remove_dir_all(entry.path());
                 }

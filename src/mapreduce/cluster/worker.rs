@@ -68,11 +68,7 @@ impl ClusterJobs {
             return Err(WireError::InvalidArgument(format!("job id {id:?}")));
         }
         let db = self.db().map_err(WireError::from)?;
-        let name = match map {
-            Some(map) => map_run_name(id, map, reduce),
-            None => reduce_output_name(id, reduce),
-        };
-        let path = job_dir(&db, id).join(name);
+        let path = job_dir(&db, id).join(job_file_name(id, map, reduce));
         let read = || -> std::io::Result<Chunk> {
             let mut file = std::fs::File::open(&path)?;
             let len = file.metadata()?.len();
@@ -102,10 +98,7 @@ pub(super) fn obtain(
     dir: &Path,
     fetcher: &str,
 ) -> Result<PathBuf> {
-    let name = match map {
-        Some(map) => map_run_name(id, map, reduce),
-        None => reduce_output_name(id, reduce),
-    };
+    let name = job_file_name(id, map, reduce);
     let own = dir.join(&name);
     if owner == jobs.node {
         return if own.is_file() {
@@ -305,7 +298,7 @@ impl Worker {
                     self.input_index,
                     Duration::from_millis(self.stored.task_timeout_ms),
                 )?;
-                let attempt = self.jobs.node * 1_000 + self.n;
+                let attempt = worker_id(self.jobs.node, self.n);
                 run_map(cx, &DbStore(db.clone()), task.index, &split, attempt).map_err(failed)?;
                 Ok(Vec::new())
             }
