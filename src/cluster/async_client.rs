@@ -158,13 +158,8 @@ impl AsyncRemoteClient {
                     answered = true;
                     // A member that forwarded to the leader names it: go
                     // there directly from now on, saving two hops.
-                    let response = match response {
-                        Response::Forwarded { leader, response } => {
-                            served_by = Some(leader).filter(|l| self.nodes.contains_key(l));
-                            *response
-                        }
-                        other => other,
-                    };
+                    let (response, leader) = response.unwrap_forwarded();
+                    served_by = leader.filter(|l| self.nodes.contains_key(l));
                     pick(response).map_err(Error::from)
                 }
             };
@@ -371,12 +366,10 @@ impl AsyncRemoteClient {
         match tokio::time::timeout(self.timeout, self.send_to(node, &request)).await {
             Err(_) => Err(Error::Timeout(self.timeout)),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(Response::Get(r))) => r.map_err(Error::from),
-            Ok(Ok(Response::Forwarded { response, .. })) => match *response {
+            Ok(Ok(response)) => match response.unwrap_forwarded().0 {
                 Response::Get(r) => r.map_err(Error::from),
                 other => Err(Error::Unavailable(format!("unexpected response {other:?}"))),
             },
-            Ok(Ok(other)) => Err(Error::Unavailable(format!("unexpected response {other:?}"))),
         }
     }
 

@@ -237,6 +237,17 @@ pub(crate) enum Response {
     },
 }
 
+impl Response {
+    /// The answer itself, and the leader that gave it if a member
+    /// forwarded the request there ([`Response::Forwarded`]).
+    pub(crate) fn unwrap_forwarded(self) -> (Response, Option<u64>) {
+        match self {
+            Response::Forwarded { leader, response } => (*response, Some(leader)),
+            other => (other, None),
+        }
+    }
+}
+
 /// An [`Error`] on the wire.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum WireError {

@@ -446,26 +446,22 @@ impl GroupLoop {
         // The store keeps no state of its own: a second handle on the
         // same group is as good as the loop's.
         let mut store = RocksSnapshotStore::new(self.log.clone(), self.group, self.chunk_bytes);
-        let to_install = install.clone();
         let stored = tokio::task::spawn_blocking(move || {
             for chunk in &chunks {
                 store.stage_chunk(&chunk.meta, chunk.offset, &chunk.data)?;
             }
-            if let Some(meta) = &to_install {
+            if let Some(meta) = &install {
                 store.install_staged(meta)?;
             }
-            Ok::<_, SnapshotError>(())
+            Ok::<_, SnapshotError>(install)
         })
         .await;
-        match stored {
-            Ok(result) => result?,
-            Err(e) => {
-                return Err(SnapshotError::Storage(StorageError::Engine(format!(
-                    "snapshot staging stopped: {e}"
-                ))))
-            }
-        }
-        if let Some(meta) = &install {
+        let installed = stored.map_err(|e| {
+            SnapshotError::Storage(StorageError::Engine(format!(
+                "snapshot staging stopped: {e}"
+            )))
+        })??;
+        if let Some(meta) = &installed {
             self.applier.reload(meta)?;
         }
         Ok(())

@@ -236,9 +236,9 @@ impl LogStore for RocksLogStore {
         }
         // First ask for this group: load its shape (waiting for the writer).
         let mut caches = self.shared.caches();
-        caches.get_or_load(&self.db, group)?;
+        let bytes = caches.get_or_load(&self.db, group)?.bytes();
         self.shared.publish_bytes(&caches, [group]);
-        Ok(self.shared.durable_bytes(group).unwrap_or(0))
+        Ok(bytes)
     }
 
     fn entries(
