@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use flotilla_engine::kv::SessionLimits;
 use flotilla_engine::node::{NodeOptions, ReadConsistency};
-use flotilla_wal::{CompactionPolicy, Durability};
+use flotilla_wal::{CompactionPolicy, Durability, MAX_WAL_PREALLOCATION};
 
 use crate::db::Db;
 use crate::error::{Error, Result};
@@ -41,6 +41,7 @@ impl std::fmt::Debug for ClusterTls {
 pub struct DbBuilder {
     pub(crate) path: PathBuf,
     pub(crate) durability: Durability,
+    pub(crate) wal_preallocation: u64,
     pub(crate) read_consistency: ReadConsistency,
     pub(crate) request_timeout: Duration,
     pub(crate) max_key_bytes: usize,
@@ -60,6 +61,7 @@ impl DbBuilder {
         DbBuilder {
             path: path.into(),
             durability: Durability::Sync,
+            wal_preallocation: 0,
             read_consistency: ReadConsistency::Linearizable,
             request_timeout: Duration::from_secs(10),
             max_key_bytes: 4 << 10,
@@ -122,6 +124,20 @@ impl DbBuilder {
         self
     }
 
+    /// Bytes of WAL file written when the store opens, so that the first
+    /// writes after it overwrite a file rather than append to one: an
+    /// fsync after an overwrite need not commit a new file size through
+    /// the file system's journal, which makes synced writes cheaper. Costs
+    /// one sequential write of this size at every open (64 MiB took about
+    /// 0.1 s on our test VM); worth it for a long-running store, not for a
+    /// short-lived one. Default 0; at most [`MAX_WAL_PREALLOCATION`]
+    /// (1 GiB); ignored under [`Durability::None`]. Later WAL files are
+    /// reused either way once their contents are flushed.
+    pub fn wal_preallocation(mut self, bytes: u64) -> Self {
+        self.wal_preallocation = bytes;
+        self
+    }
+
     /// Consistency of `get` and `scan`. Default [`ReadConsistency::Linearizable`].
     pub fn read_consistency(mut self, consistency: ReadConsistency) -> Self {
         self.read_consistency = consistency;
@@ -176,6 +192,12 @@ impl DbBuilder {
                 return bad("Durability::Buffered needs a max_delay above zero; use Durability::Sync for immediate syncs".into());
             }
         }
+        if self.wal_preallocation > MAX_WAL_PREALLOCATION {
+            return bad(format!(
+                "wal_preallocation is {} bytes; it must be at most {MAX_WAL_PREALLOCATION}",
+                self.wal_preallocation
+            ));
+        }
         if self.request_timeout.is_zero() {
             return bad("request_timeout must be above zero".into());
         }
@@ -229,6 +251,7 @@ impl DbBuilder {
             .chain(self.peers.keys().copied())
             .collect();
         node.durability = self.durability;
+        node.wal_preallocation = self.wal_preallocation;
         node.compaction = self.compaction;
         node.sessions = self.sessions;
         node.inbox_capacity = self.inbox_capacity;

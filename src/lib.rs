@@ -37,7 +37,7 @@ pub use db::{AsyncDb, CasOutcome, Db, Status};
 pub use error::{Error, Result};
 pub use flotilla_engine::kv::BatchOp;
 pub use flotilla_engine::node::{GroupStatus, ReadConsistency};
-pub use flotilla_wal::{CompactionPolicy, Durability};
+pub use flotilla_wal::{CompactionPolicy, Durability, MAX_WAL_PREALLOCATION};
 pub use mapreduce::{
     Job, JobFactory, JobHandle, MapReduceSpec, Progress, Report, JOB_STATUS_PREFIX,
 };

@@ -165,6 +165,23 @@ fn bad_cluster_files_and_unreachable_members_get_messages_naming_them() {
     let out = serve(&broken);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("broken.toml"));
+    // cluster init preallocates every member's WAL; a preallocation above
+    // the limit names the file and the limit.
+    let node1 = std::fs::read_to_string(cluster.join("node1.toml")).expect("read config");
+    assert!(node1.contains("wal_preallocation_mib = 64"), "{node1}");
+    let oversized = cluster.join("oversized.toml");
+    std::fs::write(
+        &oversized,
+        node1.replace("wal_preallocation_mib = 64", "wal_preallocation_mib = 4096"),
+    )
+    .expect("write");
+    let out = serve(&oversized);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("oversized.toml") && stderr.contains("wal_preallocation_mib"),
+        "{stderr}"
+    );
     // A missing certificate names the certificate file.
     std::fs::remove_file(cluster.join("node1.der")).expect("remove");
     let out = serve(&cluster.join("node1.toml"));

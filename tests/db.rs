@@ -159,6 +159,10 @@ fn bad_settings_and_arguments_get_clear_errors() {
         .max_value_bytes(usize::MAX)
         .open();
     assert!(matches!(too_big, Err(Error::Config(ref m)) if m.contains("max_value_bytes")));
+    let prealloc = Db::builder(dir.path().join("db"))
+        .wal_preallocation(u64::MAX)
+        .open();
+    assert!(matches!(prealloc, Err(Error::Config(ref m)) if m.contains("wal_preallocation")));
 
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"not a database").expect("write");

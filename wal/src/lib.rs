@@ -31,8 +31,8 @@ pub use memory::MemLogStore;
 pub use policy::{CompactionPolicy, LogSize};
 #[cfg(feature = "rocksdb")]
 pub use rocks::{
-    BatchFiller, Extra, RawOp, RawOpKind, RocksLogStore, FORMAT_VERSION, MAX_BATCH_REQUESTS,
-    MAX_QUEUED_REQUESTS,
+    BatchFiller, Extra, OpenOptions, RawOp, RawOpKind, RocksLogStore, FORMAT_VERSION,
+    MAX_BATCH_REQUESTS, MAX_QUEUED_REQUESTS, MAX_WAL_PREALLOCATION,
 };
 pub use snapshot_meta::SnapshotMeta;
 pub use store::{Completion, Durability, LogStore, LogWrite};

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use flotilla_wal::keys::{log_key, RAFT_LOG_CF};
 use flotilla_wal::{
-    conformance, Durability, Entry, EntryPayload, HardState, LogStore, LogWrite, RocksLogStore,
-    StorageError,
+    conformance, Durability, Entry, EntryPayload, HardState, LogStore, LogWrite, OpenOptions,
+    RocksLogStore, StorageError,
 };
 
 fn entry(index: u64, term: u64, len: usize) -> Entry {
@@ -76,6 +76,70 @@ fn everything_written_is_there_after_reopening() {
         store.entries(1, 1, 5, u64::MAX).unwrap(),
         (1..=5).map(|i| entry(i, 4, 100)).collect::<Vec<_>>()
     );
+}
+
+/// The store's WAL files: (number, bytes), the live one last.
+fn wal_files(dir: &std::path::Path) -> Vec<(u64, u64)> {
+    let mut files: Vec<(u64, u64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            let number = name.strip_suffix(".log")?.parse().ok()?;
+            Some((number, e.metadata().unwrap().len()))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_preallocated_wal_is_written_over_and_loses_nothing_across_reopens() {
+    const PREALLOCATION: u64 = 4 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let options = OpenOptions {
+        durability: Durability::Sync,
+        wal_preallocation: PREALLOCATION,
+    };
+    let mut expected = Vec::new();
+    for round in 0..3u64 {
+        let store = RocksLogStore::open_with(dir.path(), options).unwrap();
+        // The live WAL is the filled file, reused: writes overwrite it.
+        let (_, live_bytes) = *wal_files(dir.path()).last().unwrap();
+        assert!(
+            live_bytes >= PREALLOCATION,
+            "round {round}: the live WAL holds {live_bytes} bytes"
+        );
+        assert_eq!(store.entries(1, 1, u64::MAX, u64::MAX).unwrap(), expected);
+        let first = round * 200 + 1;
+        let entries: Vec<Entry> = (first..first + 200).map(|i| entry(i, 1, 300)).collect();
+        for chunk in entries.chunks(10) {
+            store.write(append(1, chunk.to_vec())).unwrap();
+        }
+        expected.extend(entries);
+        store.close();
+    }
+    // An open without preallocation reads the reused WAL the same way.
+    let store = RocksLogStore::open(dir.path(), Durability::Sync).unwrap();
+    assert_eq!(store.entries(1, 1, u64::MAX, u64::MAX).unwrap(), expected);
+
+    // Over the limit is refused; without a WAL there is nothing to preallocate.
+    let oversized = OpenOptions {
+        wal_preallocation: flotilla_wal::MAX_WAL_PREALLOCATION + 1,
+        ..options
+    };
+    let other = tempfile::tempdir().unwrap();
+    assert!(RocksLogStore::open_with(other.path(), oversized).is_err());
+    let unlogged = OpenOptions {
+        durability: Durability::None,
+        ..options
+    };
+    let store = RocksLogStore::open_with(other.path(), unlogged).unwrap();
+    store.write(append(1, vec![entry(1, 1, 10)])).unwrap();
+    assert_eq!(store.last_index(1).unwrap(), 1);
+    assert!(wal_files(other.path())
+        .iter()
+        .all(|&(_, bytes)| bytes < PREALLOCATION));
 }
 
 #[test]

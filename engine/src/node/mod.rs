@@ -26,7 +26,7 @@ use std::thread::JoinHandle;
 
 use flotilla_snapshot::{GroupData, RocksSnapshotStore, SnapshotStore, DEFAULT_CHUNK_BYTES};
 use flotilla_wal::{
-    CompactionPolicy, Durability, GroupId, LogStore, Membership, NodeId, RocksLogStore,
+    CompactionPolicy, Durability, GroupId, LogStore, Membership, NodeId, OpenOptions, RocksLogStore,
 };
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::Sender;
@@ -71,6 +71,9 @@ pub struct NodeOptions {
     pub path: PathBuf,
     /// How durable an acknowledged write is. Default `Durability::Sync`.
     pub durability: Durability,
+    /// Bytes of WAL preallocated at open (see `flotilla_wal::OpenOptions`).
+    /// Default 0.
+    pub wal_preallocation: u64,
     /// The groups this node hosts. Default `[1]`.
     pub groups: Vec<GroupId>,
     /// Voters of a group that has no state yet. Default `[id]`.
@@ -102,6 +105,7 @@ impl NodeOptions {
             id,
             path: path.into(),
             durability: Durability::Sync,
+            wal_preallocation: 0,
             groups: vec![1],
             initial_voters: vec![id],
             raft: runtime_raft_config(id),
@@ -231,7 +235,14 @@ impl Node {
             ));
         }
         let log = Arc::new(
-            RocksLogStore::open(&options.path, options.durability).map_err(|e| storage(&e))?,
+            RocksLogStore::open_with(
+                &options.path,
+                OpenOptions {
+                    durability: options.durability,
+                    wal_preallocation: options.wal_preallocation,
+                },
+            )
+            .map_err(|e| storage(&e))?,
         );
         let initial = Membership::with_voters(options.initial_voters.iter().copied());
         let mut node = Node {

@@ -56,6 +56,11 @@ pub(crate) struct BenchArgs {
     value_bytes: usize,
     #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
     durability: DurabilityArg,
+    /// MiB of WAL preallocated when an embedded store opens (see
+    /// `DbBuilder::wal_preallocation`); a cluster's members take theirs
+    /// from their config files.
+    #[arg(long, default_value_t = 0)]
+    wal_preallocation_mib: u64,
 }
 
 fn key(i: u64, bytes: usize) -> Vec<u8> {
@@ -332,6 +337,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
             };
             let db = Db::builder(&data)
                 .durability(durability)
+                .wal_preallocation(args.wal_preallocation_mib.saturating_mul(1 << 20))
                 .read_consistency(args.target.consistency.into())
                 .open()
                 .map_err(|e| format!("cannot open {}: {e}", data.display()))?;

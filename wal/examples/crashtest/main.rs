@@ -6,7 +6,9 @@
 //!
 //! Each cycle starts a child process that replays a seeded sequence of log
 //! writes (appends, suffix overwrites, hard-state changes, compactions) across
-//! four groups against a `RocksLogStore` with `Durability::Sync`, printing the
+//! four groups against a `RocksLogStore` with `Durability::Sync` and a 1 MiB
+//! WAL preallocation (so its writes overwrite a reused WAL file, whose stale
+//! records follow the last one written when it dies), printing the
 //! number of each write once it is acknowledged. Interleaved with them it runs
 //! a snapshot workload on a fifth group (`snapshots.rs`): applies, snapshot
 //! builds, received snapshots staged in pieces and installed. The child dies
@@ -33,11 +35,13 @@ use std::time::{Duration, Instant};
 
 use flotilla_wal::{
     failpoint, Durability, Entry, EntryPayload, GroupId, HardState, Index, LogStore, LogWrite,
-    Membership, RocksLogStore, SnapshotMeta, StorageError,
+    Membership, OpenOptions, RocksLogStore, SnapshotMeta, StorageError,
 };
 
 const GROUPS: u64 = 4;
 const WRITES_PER_CHILD: u64 = 20_000;
+/// WAL bytes each child preallocates at open.
+const CHILD_WAL_PREALLOCATION: u64 = 1 << 20;
 /// Most submitted-but-unacknowledged writes in the child.
 const MAX_IN_FLIGHT: u64 = 8;
 const SNAPSHOT_OPS_PER_CHILD: usize = 5_000;
@@ -192,7 +196,11 @@ fn read_number(path: &str) -> u64 {
 }
 
 fn child(dir: &str, seed: u64) -> ExitCode {
-    let store = match RocksLogStore::open(dir, Durability::Sync) {
+    let options = OpenOptions {
+        durability: Durability::Sync,
+        wal_preallocation: CHILD_WAL_PREALLOCATION,
+    };
+    let store = match RocksLogStore::open_with(dir, options) {
         Ok(store) => Arc::new(store),
         Err(e) => {
             eprintln!("child: {e}");

@@ -2,6 +2,7 @@
 //! group, with one writer thread doing group commit.
 
 mod cache;
+mod prealloc;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use crate::keys::{self, StateKind, DATA_CF, FORMAT_KEY, RAFT_LOG_CF, RAFT_STATE_
 use crate::record;
 use crate::store::{Completion, Durability, LogStore, LogWrite};
 use crate::{Entry, GroupId, HardState, Index, SnapshotMeta};
+pub use prealloc::MAX_WAL_PREALLOCATION;
 use writer::{Shared, WriteRequest};
 
 /// The store format this build writes; a store with a higher one is refused.
@@ -25,6 +27,30 @@ const FORMAT_MAGIC: &[u8; 4] = b"FLOT";
 pub const MAX_BATCH_REQUESTS: usize = 4096;
 /// Most pending write requests; `submit` blocks beyond it (back-pressure).
 pub const MAX_QUEUED_REQUESTS: usize = 16_384;
+/// Every column family of a store.
+const COLUMN_FAMILIES: [&str; 5] = ["default", RAFT_LOG_CF, RAFT_STATE_CF, SNAPSHOT_CF, DATA_CF];
+
+/// How a [`RocksLogStore`] is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// How durable an acknowledged write is.
+    pub durability: Durability,
+    /// Bytes of WAL file written at open so that the writes after it
+    /// overwrite a file instead of appending (cheaper fsyncs; see
+    /// `docs/ARCHITECTURE.md`). 0 (the default) writes nothing; at most
+    /// [`MAX_WAL_PREALLOCATION`]. Ignored under `Durability::None`.
+    pub wal_preallocation: u64,
+}
+
+impl OpenOptions {
+    /// `durability`, with no WAL preallocation.
+    pub fn new(durability: Durability) -> Self {
+        OpenOptions {
+            durability,
+            wal_preallocation: 0,
+        }
+    }
+}
 
 /// One raw write to another column family, committed atomically with the log
 /// writes of the same request (the state machine's data and applied index).
@@ -88,12 +114,27 @@ impl RocksLogStore {
     /// Opens (or creates) the store in `path`. Refuses a directory that holds
     /// something else, or a store written by a newer format.
     pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StorageError> {
+        Self::open_with(path, OpenOptions::new(durability))
+    }
+
+    /// [`open`](Self::open) with every option.
+    pub fn open_with(path: impl AsRef<Path>, options: OpenOptions) -> Result<Self, StorageError> {
+        let OpenOptions {
+            durability,
+            wal_preallocation,
+        } = options;
+        if wal_preallocation > MAX_WAL_PREALLOCATION {
+            return Err(StorageError::Engine(format!(
+                "a WAL preallocation of {wal_preallocation} bytes is above the limit of {MAX_WAL_PREALLOCATION}"
+            )));
+        }
         let path = path.as_ref().to_path_buf();
         if !check_directory(&path)? {
-            create(&path)?;
+            create(&path, durability)?;
         }
-        let db = Arc::new(open_db(&path)?);
+        let db = Arc::new(open_db(&path, durability)?);
         check_format(&db, &path)?;
+        prealloc::preallocate(&db, durability, wal_preallocation)?;
         let shared = Arc::new(Shared::default());
         let (tx, rx) = crossbeam_channel::bounded(MAX_QUEUED_REQUESTS);
         let writer =
@@ -387,24 +428,25 @@ fn check_directory(path: &Path) -> Result<bool, StorageError> {
     Ok(false)
 }
 
-fn db_options() -> Options {
+fn db_options(durability: Durability) -> Options {
     let mut options = Options::default();
     options.create_if_missing(true);
     options.create_missing_column_families(true);
     // Without a WAL (Durability::None) column families flush separately;
     // atomic flush keeps the log, its state and the data in step.
     options.set_atomic_flush(true);
+    prealloc::configure(&mut options, durability);
     options
 }
 
-fn open_db(path: &Path) -> Result<DB, StorageError> {
-    let options = db_options();
+fn open_db(path: &Path, durability: Durability) -> Result<DB, StorageError> {
+    let options = db_options(durability);
     let mut cfs: Vec<String> = if path.join("CURRENT").is_file() {
         DB::list_cf(&options, path).map_err(|e| not_a_store(path, e.as_ref()))?
     } else {
         Vec::new()
     };
-    for name in ["default", RAFT_LOG_CF, RAFT_STATE_CF, SNAPSHOT_CF, DATA_CF] {
+    for name in COLUMN_FAMILIES {
         if !cfs.iter().any(|c| c == name) {
             cfs.push(name.to_string());
         }
@@ -418,7 +460,7 @@ fn open_db(path: &Path) -> Result<DB, StorageError> {
 /// Creates a new store in a sibling directory and renames it into place once
 /// its format marker is durable, so a crash during creation leaves either no
 /// store or a whole one — never a directory every later open refuses.
-fn create(path: &Path) -> Result<(), StorageError> {
+fn create(path: &Path, durability: Durability) -> Result<(), StorageError> {
     let io = |what: &str, e: std::io::Error| {
         StorageError::Engine(format!("cannot {what} {}: {e}", path.display()))
     };
@@ -438,7 +480,7 @@ fn create(path: &Path) -> Result<(), StorageError> {
         std::fs::remove_dir_all(&staging).map_err(|e| io("clear the staging directory of", e))?;
     }
     {
-        let db = open_db(&staging)?;
+        let db = open_db(&staging, durability)?;
         let mut marker = FORMAT_MAGIC.to_vec();
         marker.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
         let mut opts = rocksdb::WriteOptions::default();
