@@ -119,9 +119,16 @@ fn a_preallocated_wal_is_written_over_and_loses_nothing_across_reopens() {
         expected.extend(entries);
         store.close();
     }
-    // An open without preallocation reads the reused WAL the same way.
-    let store = RocksLogStore::open(dir.path(), Durability::Sync).unwrap();
-    assert_eq!(store.entries(1, 1, u64::MAX, u64::MAX).unwrap(), expected);
+    // Opens without preallocation, and without WAL reuse, read it the same way.
+    for durability in [Durability::Sync, Durability::None] {
+        let store = RocksLogStore::open(dir.path(), durability).unwrap();
+        assert_eq!(
+            store.entries(1, 1, u64::MAX, u64::MAX).unwrap(),
+            expected,
+            "{durability:?}"
+        );
+        store.close();
+    }
 
     // Over the limit is refused; without a WAL there is nothing to preallocate.
     let oversized = OpenOptions {
