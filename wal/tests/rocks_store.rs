@@ -321,6 +321,8 @@ fn concurrent_writers_of_many_groups_all_complete_in_order() {
 /// file-size limit (RLIMIT_FSIZE, so `write` fails with EFBIG exactly as it
 /// would fail with ENOSPC on a full disk), set in a child process running
 /// [`full_disk_child`] so the limit touches nothing else, and needs no root.
+/// The child also checks that a WAL preallocation the disk cannot hold
+/// fails the open with a clear error.
 #[test]
 fn full_disk_poisons_the_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -344,7 +346,6 @@ fn full_disk_child() {
     let dir = std::path::PathBuf::from(
         std::env::var("FLOTILLA_FULL_DISK_DIR").expect("started by full_disk_poisons_the_store"),
     );
-    let store = RocksLogStore::open(dir.join("db"), Durability::Sync).unwrap();
     // From here on no file of this process may grow past 2 MiB; the WAL will.
     // SAFETY: setrlimit and signal with valid arguments have no memory-safety
     // preconditions; ignoring SIGXFSZ turns the over-limit write into EFBIG.
@@ -356,6 +357,23 @@ fn full_disk_child() {
         };
         assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
     }
+    // A WAL preallocation the disk cannot hold refuses the open, naming the
+    // store and the way out; the store then opens without one.
+    let preallocating = OpenOptions {
+        durability: Durability::Sync,
+        wal_preallocation: 8 << 20,
+    };
+    let refused = RocksLogStore::open_with(dir.join("db"), preallocating)
+        .err()
+        .expect("an 8 MiB preallocation must cross a 2 MiB file limit")
+        .to_string();
+    assert!(
+        refused.contains("cannot preallocate")
+            && refused.contains(&dir.join("db").display().to_string())
+            && refused.contains("preallocation of 0"),
+        "{refused}"
+    );
+    let store = RocksLogStore::open(dir.join("db"), Durability::Sync).unwrap();
     let mut first_error = None;
     for i in 1..=2000u64 {
         if let Err(e) = store.write(append(1, vec![entry(i, 1, 16 * 1024)])) {

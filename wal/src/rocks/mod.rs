@@ -134,7 +134,7 @@ impl RocksLogStore {
         }
         let db = Arc::new(open_db(&path, durability)?);
         check_format(&db, &path)?;
-        prealloc::preallocate(&db, durability, wal_preallocation)?;
+        prealloc::preallocate(&db, &path, durability, wal_preallocation)?;
         let shared = Arc::new(Shared::default());
         let (tx, rx) = crossbeam_channel::bounded(MAX_QUEUED_REQUESTS);
         let writer =

@@ -7,6 +7,8 @@
 //! during the current open, so [`preallocate`] makes one: it fills the open's
 //! first WAL with WAL-only filler and retires it with two flushes.
 
+use std::path::Path;
+
 use rocksdb::{FlushOptions, Options, WriteBatch, WriteOptions, DB};
 
 use super::{cf_handle, engine, COLUMN_FAMILIES};
@@ -31,10 +33,25 @@ pub(crate) fn configure(options: &mut Options, durability: Durability) {
 
 /// Writes `bytes` of filler to the WAL and retires that WAL, so the next
 /// one reuses its file. Runs at open, before anything else writes.
-pub(crate) fn preallocate(db: &DB, durability: Durability, bytes: u64) -> Result<(), StorageError> {
+pub(crate) fn preallocate(
+    db: &DB,
+    path: &Path,
+    durability: Durability,
+    bytes: u64,
+) -> Result<(), StorageError> {
     if bytes == 0 || durability == Durability::None {
         return Ok(());
     }
+    // Only filler is at stake, so a full disk loses nothing; say what to do.
+    fill_and_retire(db, bytes).map_err(|e| {
+        StorageError::Engine(format!(
+            "cannot preallocate {bytes} bytes of WAL in {}: {e}; open with a WAL preallocation of 0 to skip it",
+            path.display()
+        ))
+    })
+}
+
+fn fill_and_retire(db: &DB, bytes: u64) -> Result<(), StorageError> {
     let unsynced = WriteOptions::default();
     let filler = vec![0u8; FILLER_CHUNK];
     let mut written = 0u64;
