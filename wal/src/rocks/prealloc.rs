@@ -16,8 +16,10 @@ use crate::error::StorageError;
 use crate::keys::FORMAT_KEY;
 use crate::store::Durability;
 
-/// Retired WAL files kept for reuse.
-const REUSED_WAL_FILES: usize = 4;
+/// Retired WAL files kept for reuse. Each is as large as a WAL grows between
+/// memtable flushes (tens of MiB), and with atomic flush a WAL retires
+/// before the one after the next is needed, so two are enough.
+const REUSED_WAL_FILES: usize = 2;
 /// Filler written per WriteBatch while preallocating.
 const FILLER_CHUNK: usize = 1 << 20;
 /// Largest preallocation accepted: 1 GiB.
