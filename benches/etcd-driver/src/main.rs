@@ -8,6 +8,10 @@
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+// `flotilla bench`'s own key schedule, so both stores see the same keys.
+#[path = "../../../src/bin/flotilla/bench_keys.rs"]
+mod bench_keys;
+use bench_keys::{get_index, key, load_index, loaded_keys, per_client, put_index};
 use etcd_client::{Client, GetOptions};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -37,19 +41,6 @@ struct Args {
     value_bytes: usize,
 }
 
-/// The same key as `flotilla bench`: the index big-endian, zero-padded.
-fn key(i: u64, bytes: usize) -> Vec<u8> {
-    let mut key = vec![0u8; bytes.max(8)];
-    let at = key.len() - 8;
-    key[at..].copy_from_slice(&i.to_be_bytes());
-    key.truncate(bytes.max(1));
-    key
-}
-
-fn per_client(ops: usize, clients: usize, client: usize) -> usize {
-    ops / clients + usize::from(client < ops % clients)
-}
-
 async fn connect(args: &Args) -> Result<Vec<Client>, String> {
     let endpoints: Vec<&str> = args.endpoints.split(',').collect();
     let mut conns = Vec::new();
@@ -74,7 +65,7 @@ async fn drive(
     let clients = args.clients.max(1);
     let value = vec![b'v'; args.value_bytes];
     let stride = ops as u64;
-    let loaded = args.ops.clamp(1, 100_000) as u64;
+    let loaded = loaded_keys(args.ops);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for client in 0..clients {
@@ -87,13 +78,13 @@ async fn drive(
                 let at = Instant::now();
                 match workload {
                     Workload::Put => {
-                        let k = key(client as u64 * stride + op, key_bytes);
+                        let k = key(put_index(client, op, stride), key_bytes);
                         kv.put(k, value.clone(), None)
                             .await
                             .map_err(|e| e.to_string())?;
                     }
                     Workload::Get => {
-                        let i = (client as u64 * 7919 + op * 104_729) % loaded;
+                        let i = get_index(client, op, loaded);
                         let got = kv
                             .get(key(i, key_bytes), Some(GetOptions::new()))
                             .await
@@ -117,7 +108,7 @@ async fn drive(
 
 /// The get workload reads keys loaded first, by every client at once.
 async fn load(args: &Args, conns: &[Client]) -> Result<(), String> {
-    let loaded = args.ops.clamp(1, 100_000);
+    let loaded = loaded_keys(args.ops) as usize;
     let clients = args.clients.max(1);
     let value = vec![b'v'; args.value_bytes];
     let mut tasks = tokio::task::JoinSet::new();
@@ -127,7 +118,7 @@ async fn load(args: &Args, conns: &[Client]) -> Result<(), String> {
         let count = per_client(loaded, clients, client);
         tasks.spawn_local(async move {
             for op in 0..count as u64 {
-                let i = op * clients as u64 + client as u64;
+                let i = load_index(client, op, clients);
                 kv.put(key(i, key_bytes), value.clone(), None)
                     .await
                     .map_err(|e| e.to_string())?;

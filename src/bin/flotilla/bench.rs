@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use flotilla::wal::rocksdb;
 use flotilla::{AsyncRemoteClient, Db, Durability, ReadConsistency};
 
+use crate::bench_keys::{self, get_index, key, load_index, loaded_keys, put_index};
 use crate::Target;
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,34 +64,6 @@ pub(crate) struct BenchArgs {
     wal_preallocation_mib: u64,
 }
 
-fn key(i: u64, bytes: usize) -> Vec<u8> {
-    let mut key = vec![0u8; bytes.max(8)];
-    let at = key.len() - 8;
-    key[at..].copy_from_slice(&i.to_be_bytes());
-    key.truncate(bytes.max(1));
-    key
-}
-
-/// The key a put workload writes: every client its own range.
-fn put_index(client: usize, op: u64, stride: u64) -> u64 {
-    client as u64 * stride + op
-}
-
-/// How many keys a get workload loads first and then reads.
-fn loaded_keys(args: &BenchArgs) -> u64 {
-    (args.ops as u64).clamp(1, 100_000)
-}
-
-/// The key a get workload's loading step writes.
-fn load_index(client: usize, op: u64, clients: usize) -> u64 {
-    op * clients.max(1) as u64 + client as u64
-}
-
-/// The key a get workload reads: spread over the loaded keys.
-fn get_index(client: usize, op: u64, loaded: u64) -> u64 {
-    (client as u64 * 7919 + op * 104_729) % loaded
-}
-
 /// Runs `per_client(client, op)` on `clients` threads, `ops` in all, and
 /// returns each operation's latency.
 fn drive(
@@ -105,7 +78,7 @@ fn drive(
         .map(|client| {
             let work = per_client.clone();
             let done = done.clone();
-            let count = ops / clients + usize::from(client < ops % clients);
+            let count = bench_keys::per_client(ops, clients, client);
             std::thread::spawn(move || -> Result<Vec<Duration>, String> {
                 let mut latencies = Vec::with_capacity(count);
                 for op in 0..count as u64 {
@@ -171,7 +144,7 @@ fn drive_cluster(
                 drive_tasks(clients, args.ops, put(put_index, stride)).await
             }
             Workload::Get => {
-                let loaded = loaded_keys(args);
+                let loaded = loaded_keys(args.ops);
                 let load = |c: usize, op: u64, clients: u64| load_index(c, op, clients as usize);
                 drive_tasks(clients, loaded as usize, put(load, clients as u64)).await?;
                 let consistency: ReadConsistency = args.target.consistency.into();
@@ -209,7 +182,7 @@ where
     let mut tasks = tokio::task::JoinSet::new();
     for client in 0..clients {
         let (work, done) = (work.clone(), done.clone());
-        let count = ops / clients + usize::from(client < ops % clients);
+        let count = bench_keys::per_client(ops, clients, client);
         tasks.spawn(async move {
             let mut latencies = Vec::with_capacity(count);
             for op in 0..count as u64 {
@@ -295,7 +268,7 @@ fn workload(args: &BenchArgs, put: PutFn, get: GetFn) -> Result<Work, String> {
         }),
         Workload::Get => {
             // Load the keys read, with every client at once.
-            let loaded = loaded_keys(args);
+            let loaded = loaded_keys(args.ops);
             let clients = args.clients;
             let load: Work = {
                 let (put, value) = (put.clone(), value.clone());
@@ -367,7 +340,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
                 args.ops,
                 Arc::new(move |client, op| {
                     let mut batch = rocksdb::WriteBatch::default();
-                    batch.put(key(client as u64 * stride + op, key_bytes), &value);
+                    batch.put(key(put_index(client, op, stride), key_bytes), &value);
                     let mut write = rocksdb::WriteOptions::default();
                     write.set_sync(durability == DurabilityArg::Sync);
                     write.disable_wal(durability == DurabilityArg::None);
