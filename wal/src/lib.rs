@@ -31,8 +31,9 @@ pub use memory::MemLogStore;
 pub use policy::{CompactionPolicy, LogSize};
 #[cfg(feature = "rocksdb")]
 pub use rocks::{
-    BatchFiller, Extra, OpenOptions, RawOp, RawOpKind, RocksLogStore, FORMAT_VERSION,
-    MAX_BATCH_REQUESTS, MAX_QUEUED_REQUESTS, MAX_WAL_PREALLOCATION,
+    BatchFiller, Extra, OpenOptions, RawOp, RawOpKind, RocksLogStore, DEFAULT_WRITER_POLL,
+    FORMAT_VERSION, MAX_BATCH_REQUESTS, MAX_QUEUED_REQUESTS, MAX_WAL_PREALLOCATION,
+    MAX_WRITER_POLL,
 };
 pub use snapshot_meta::SnapshotMeta;
 pub use store::{Completion, Durability, LogStore, LogWrite};

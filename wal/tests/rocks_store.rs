@@ -5,11 +5,12 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use flotilla_wal::keys::{log_key, RAFT_LOG_CF};
 use flotilla_wal::{
     conformance, Durability, Entry, EntryPayload, HardState, LogStore, LogWrite, OpenOptions,
-    RocksLogStore, StorageError,
+    RocksLogStore, StorageError, DEFAULT_WRITER_POLL, MAX_WRITER_POLL,
 };
 
 fn entry(index: u64, term: u64, len: usize) -> Entry {
@@ -38,14 +39,45 @@ fn append(group: u64, entries: Vec<Entry>) -> Vec<LogWrite> {
     }]
 }
 
+/// Writer polls to try: none (a cluster member's), the default, the most.
+fn writer_polls() -> [Duration; 3] {
+    [Duration::ZERO, DEFAULT_WRITER_POLL, MAX_WRITER_POLL]
+}
+
+fn open_polling(dir: &std::path::Path, writer_poll: Duration) -> RocksLogStore {
+    let options = OpenOptions {
+        writer_poll,
+        ..OpenOptions::new(Durability::Sync)
+    };
+    RocksLogStore::open_with(dir, options).unwrap()
+}
+
 #[test]
 fn passes_the_conformance_suite() {
     let root = tempfile::tempdir().unwrap();
     let counter = std::sync::atomic::AtomicU32::new(0);
-    conformance::run_all(|| {
-        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        RocksLogStore::open(root.path().join(format!("s{n}")), Durability::Sync).unwrap()
-    });
+    for poll in writer_polls() {
+        conformance::run_all(|| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            open_polling(&root.path().join(format!("s{n}")), poll)
+        });
+    }
+}
+
+#[test]
+fn a_writer_poll_above_the_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = OpenOptions {
+        writer_poll: MAX_WRITER_POLL + Duration::from_nanos(1),
+        ..OpenOptions::new(Durability::Sync)
+    };
+    let refused = RocksLogStore::open_with(dir.path(), options)
+        .err()
+        .expect("a poll over the limit must be refused");
+    assert!(
+        refused.to_string().contains("writer poll"),
+        "unclear error: {refused}"
+    );
 }
 
 #[test]
@@ -100,6 +132,7 @@ fn a_preallocated_wal_is_written_over_and_loses_nothing_across_reopens() {
     let options = OpenOptions {
         durability: Durability::Sync,
         wal_preallocation: PREALLOCATION,
+        ..OpenOptions::new(Durability::Sync)
     };
     let mut expected = Vec::new();
     for round in 0..3u64 {
@@ -293,8 +326,14 @@ fn a_flipped_byte_is_reported_with_column_family_and_key() {
 
 #[test]
 fn concurrent_writers_of_many_groups_all_complete_in_order() {
+    for poll in writer_polls() {
+        concurrent_writers_complete_in_order(poll);
+    }
+}
+
+fn concurrent_writers_complete_in_order(writer_poll: Duration) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(RocksLogStore::open(dir.path(), Durability::Sync).unwrap());
+    let store = Arc::new(open_polling(dir.path(), writer_poll));
     let threads: Vec<_> = (1..=8u64)
         .map(|group| {
             let store = Arc::clone(&store);
@@ -362,6 +401,7 @@ fn full_disk_child() {
     let preallocating = OpenOptions {
         durability: Durability::Sync,
         wal_preallocation: 8 << 20,
+        ..OpenOptions::new(Durability::Sync)
     };
     let refused = RocksLogStore::open_with(dir.join("db"), preallocating)
         .err()

@@ -240,6 +240,7 @@ impl Node {
                 OpenOptions {
                     durability: options.durability,
                     wal_preallocation: options.wal_preallocation,
+                    writer_poll: writer_poll(&options),
                 },
             )
             .map_err(|e| storage(&e))?,
@@ -345,6 +346,21 @@ impl Node {
             }
         }
         self.groups.clear();
+    }
+}
+
+/// How long the log writer polls for the next write before it sleeps. A
+/// member's loops write again only after a network round trip, so polling
+/// would only spin, taking CPU the member's QUIC and the other members
+/// need (measured on two cores: without it, 5% lower 1-client put p50 and
+/// 3–27% more puts per second at 64 clients). Loops on threads of their
+/// own write inline and leave the writer to `Buffered` writes, whose caller
+/// comes straight back.
+fn writer_poll(options: &NodeOptions) -> std::time::Duration {
+    if options.runtime.is_some() {
+        std::time::Duration::ZERO
+    } else {
+        flotilla_wal::DEFAULT_WRITER_POLL
     }
 }
 

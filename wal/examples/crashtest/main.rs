@@ -199,6 +199,7 @@ fn child(dir: &str, seed: u64) -> ExitCode {
     let options = OpenOptions {
         durability: Durability::Sync,
         wal_preallocation: CHILD_WAL_PREALLOCATION,
+        ..OpenOptions::new(Durability::Sync)
     };
     let store = match RocksLogStore::open_with(dir, options) {
         Ok(store) => Arc::new(store),

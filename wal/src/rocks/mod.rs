@@ -8,6 +8,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
@@ -19,6 +20,7 @@ use crate::store::{Completion, Durability, LogStore, LogWrite};
 use crate::{Entry, GroupId, HardState, Index, SnapshotMeta};
 pub use prealloc::MAX_WAL_PREALLOCATION;
 use writer::{Shared, WriteRequest};
+pub use writer::{DEFAULT_WRITER_POLL, MAX_WRITER_POLL};
 
 /// The store format this build writes; a store with a higher one is refused.
 pub const FORMAT_VERSION: u32 = 1;
@@ -40,14 +42,23 @@ pub struct OpenOptions {
     /// `docs/ARCHITECTURE.md`). 0 (the default) writes nothing; at most
     /// [`MAX_WAL_PREALLOCATION`]. Ignored under `Durability::None`.
     pub wal_preallocation: u64,
+    /// How long the writer thread polls for the next write before it
+    /// sleeps. Polling saves a wake-up when the next write comes from a
+    /// thread that sends it as soon as the last one returns (an embedded
+    /// store under `Durability::Buffered`); it only burns CPU when the next
+    /// write waits on a network round trip first (a cluster member), so
+    /// those pass zero. Default [`DEFAULT_WRITER_POLL`]; at most
+    /// [`MAX_WRITER_POLL`].
+    pub writer_poll: Duration,
 }
 
 impl OpenOptions {
-    /// `durability`, with no WAL preallocation.
+    /// `durability`, with no WAL preallocation and the default writer poll.
     pub fn new(durability: Durability) -> Self {
         OpenOptions {
             durability,
             wal_preallocation: 0,
+            writer_poll: DEFAULT_WRITER_POLL,
         }
     }
 }
@@ -122,10 +133,16 @@ impl RocksLogStore {
         let OpenOptions {
             durability,
             wal_preallocation,
+            writer_poll,
         } = options;
         if wal_preallocation > MAX_WAL_PREALLOCATION {
             return Err(StorageError::Engine(format!(
                 "a WAL preallocation of {wal_preallocation} bytes is above the limit of {MAX_WAL_PREALLOCATION}"
+            )));
+        }
+        if writer_poll > MAX_WRITER_POLL {
+            return Err(StorageError::Engine(format!(
+                "a writer poll of {writer_poll:?} is above the limit of {MAX_WRITER_POLL:?}"
             )));
         }
         let path = path.as_ref().to_path_buf();
@@ -137,10 +154,14 @@ impl RocksLogStore {
         prealloc::preallocate(&db, &path, durability, wal_preallocation)?;
         let shared = Arc::new(Shared::default());
         let (tx, rx) = crossbeam_channel::bounded(MAX_QUEUED_REQUESTS);
-        let writer =
-            writer::spawn(Arc::clone(&db), rx, durability, Arc::clone(&shared)).map_err(|e| {
-                StorageError::Engine(format!("cannot start the log writer thread: {e}"))
-            })?;
+        let writer = writer::spawn(
+            Arc::clone(&db),
+            rx,
+            durability,
+            writer_poll,
+            Arc::clone(&shared),
+        )
+        .map_err(|e| StorageError::Engine(format!("cannot start the log writer thread: {e}")))?;
         Ok(RocksLogStore {
             db,
             durability,

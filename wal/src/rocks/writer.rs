@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rocksdb::{ColumnFamily, WriteBatch, WriteOptions, DB};
@@ -83,6 +83,7 @@ pub(crate) fn spawn(
     db: Arc<DB>,
     rx: Receiver<WriteRequest>,
     durability: Durability,
+    poll: Duration,
     shared: Arc<Shared>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -94,7 +95,7 @@ pub(crate) fn spawn(
                 shared,
                 sync_after_write: true,
             }
-            .run(rx)
+            .run(rx, poll)
         })
 }
 
@@ -137,7 +138,7 @@ pub(crate) fn commit_now(
 }
 
 impl Writer {
-    fn run(self, rx: Receiver<WriteRequest>) {
+    fn run(self, rx: Receiver<WriteRequest>, poll: Duration) {
         let mut last_sync = Instant::now();
         let mut unsynced = false;
         let mut pending: Option<WriteRequest> = None;
@@ -157,7 +158,7 @@ impl Writer {
                             Err(RecvTimeoutError::Disconnected) => break,
                         }
                     }
-                    _ => match next_request(&rx) {
+                    _ => match next_request(&rx, poll) {
                         Ok(request) => request,
                         Err(_) => break,
                     },
@@ -338,16 +339,23 @@ impl Writer {
     }
 }
 
-/// How long the writer polls for the next request before it sleeps. A
-/// client that waits for its write and then sends the next one comes back
-/// within this window, and finding its request here saves the writer a
-/// wake-up (about 60 µs per write on a two-core VM).
-const POLL_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(50);
+/// How long the writer polls for the next request before it sleeps, by
+/// default. A client that waits for its write and then sends the next one
+/// comes back within this window, and finding its request here saves the
+/// writer a wake-up (about 60 µs per write on a two-core VM).
+pub const DEFAULT_WRITER_POLL: Duration = Duration::from_micros(50);
 
-/// The next request: polled for a short while, then waited for.
-fn next_request(rx: &Receiver<WriteRequest>) -> Result<WriteRequest, crossbeam_channel::RecvError> {
+/// The longest poll a store accepts: polling is spinning, and a longer
+/// spin costs more CPU than the wake-up it may save.
+pub const MAX_WRITER_POLL: Duration = Duration::from_millis(1);
+
+/// The next request: polled for `poll`, then waited for.
+fn next_request(
+    rx: &Receiver<WriteRequest>,
+    poll: Duration,
+) -> Result<WriteRequest, crossbeam_channel::RecvError> {
     let start = Instant::now();
-    while start.elapsed() < POLL_BEFORE_SLEEP {
+    while start.elapsed() < poll {
         match rx.try_recv() {
             Ok(request) => return Ok(request),
             Err(crossbeam_channel::TryRecvError::Disconnected) => {
