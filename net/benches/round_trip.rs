@@ -1,0 +1,207 @@
+//! What one hop between two members costs: the round trip of a 300-byte
+//! message between two runtimes shaped like a member's (one worker each),
+//! over loopback, with the receiver idle before every message as at one
+//! client. Three ways: plain UDP on tokio (the floor), a Raft frame over the
+//! mesh and back (what an append and its answer take), and a request stream
+//! (what a client's request and its response take).
+//!
+//! `cargo bench -p flotilla-net --bench round_trip`
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use flotilla_net::{ClusterCa, Deliver, FrameKind, Identity, Mesh, Node, PeerConnection, Serve};
+use rustls_pki_types::CertificateDer;
+use tokio::runtime::Runtime;
+use tokio::sync::mpsc;
+
+const MESSAGE_BYTES: usize = 300;
+/// Pause after each round trip, so both sides are asleep when the next
+/// message comes (as between one client's puts).
+const IDLE: Duration = Duration::from_micros(500);
+
+fn member_runtime() -> Arc<Runtime> {
+    Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime"),
+    )
+}
+
+/// Runs `work` as a task on `runtime`'s worker and waits for its result.
+fn on_worker<T: Send + 'static>(
+    runtime: &Runtime,
+    work: impl Future<Output = T> + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        let _ = tx.send(work.await);
+    });
+    rx.recv().expect("the task finished")
+}
+
+fn free_addr() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    socket.local_addr().expect("addr")
+}
+
+/// Times `$iters` round trips of `$one` (an expression that awaits), each
+/// after an idle pause. A macro: async closures borrowing the caller's
+/// state are not `Send` here.
+macro_rules! timed {
+    ($iters:expr, $one:expr) => {{
+        let mut total = Duration::ZERO;
+        for _ in 0..$iters {
+            std::thread::sleep(IDLE);
+            let start = Instant::now();
+            $one;
+            total += start.elapsed();
+        }
+        total
+    }};
+}
+
+fn udp(c: &mut Criterion, client: &Arc<Runtime>, server: &Arc<Runtime>) {
+    let echo_addr = free_addr();
+    server.spawn(async move {
+        let socket = tokio::net::UdpSocket::bind(echo_addr).await.expect("bind");
+        let mut buf = [0u8; 2048];
+        while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket.send_to(&buf[..len], from).await;
+        }
+    });
+    let socket = Arc::new(on_worker(client, async {
+        tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+    }));
+    c.bench_function("tokio_udp_round_trip", |b| {
+        b.iter_custom(|iters| {
+            let socket = socket.clone();
+            on_worker(client, async move {
+                let mut buf = [0u8; 2048];
+                timed!(iters, {
+                    socket
+                        .send_to(&[1; MESSAGE_BYTES], echo_addr)
+                        .await
+                        .expect("send");
+                    socket.recv_from(&mut buf).await.expect("recv");
+                })
+            })
+        })
+    });
+}
+
+/// A mesh member whose every frame arrives on the returned channel, and
+/// which answers every request with the request itself.
+fn member(
+    identity: &Identity,
+    ca: &CertificateDer<'static>,
+    id: u64,
+    addr: SocketAddr,
+    peer: (u64, SocketAddr),
+) -> (Mesh, mpsc::UnboundedReceiver<Vec<u8>>) {
+    let node = Node::bind(id, addr, identity, ca).expect("bind");
+    let (tx, rx) = mpsc::unbounded_channel();
+    let deliver: Deliver = Arc::new(move |_, _, payload| {
+        let _ = tx.send(payload);
+    });
+    let serve: Serve = Arc::new(|_, request| Box::pin(async move { request }));
+    let mesh = Mesh::start(node, &BTreeMap::from([peer]), 64, deliver, serve);
+    (mesh, rx)
+}
+
+fn mesh(c: &mut Criterion, client: &Arc<Runtime>, server: &Arc<Runtime>) {
+    let ca = ClusterCa::generate("bench").expect("ca");
+    let (cert, one, two) = (
+        ca.cert(),
+        ca.issue(1).expect("certificate"),
+        ca.issue(2).expect("certificate"),
+    );
+    let (a, b) = (free_addr(), free_addr());
+    // The echoing member sends every frame it receives back.
+    let echo_cert = cert.clone();
+    let _echo = on_worker(server, async move {
+        let (mesh, mut rx) = member(&two, &echo_cert, 2, b, (1, a));
+        let mesh = Arc::new(mesh);
+        let sender = mesh.clone();
+        tokio::spawn(async move {
+            while let Some(payload) = rx.recv().await {
+                sender.send(1, FrameKind::Raft, payload);
+            }
+        });
+        mesh
+    });
+    let (mesh, rx, conn) = on_worker(client, async move {
+        let (mesh, mut rx) = member(&one, &cert, 1, a, (2, b));
+        // Links connect lazily: send until the first echo comes back.
+        loop {
+            mesh.send(2, FrameKind::Raft, vec![0; MESSAGE_BYTES]);
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while rx.try_recv().is_ok() {}
+        let conn: PeerConnection = mesh.node().connect(2, b).await.expect("connect");
+        (
+            Arc::new(mesh),
+            Arc::new(tokio::sync::Mutex::new(rx)),
+            Arc::new(conn),
+        )
+    });
+    c.bench_function("mesh_frame_round_trip", |bencher| {
+        bencher.iter_custom(|iters| {
+            let (mesh, rx) = (mesh.clone(), rx.clone());
+            on_worker(client, async move {
+                let mut rx = rx.lock().await;
+                timed!(iters, {
+                    mesh.send(2, FrameKind::Raft, vec![1; MESSAGE_BYTES]);
+                    rx.recv().await.expect("echo");
+                })
+            })
+        })
+    });
+    c.bench_function("request_round_trip", |bencher| {
+        bencher.iter_custom(|iters| {
+            let conn = conn.clone();
+            on_worker(client, async move {
+                timed!(iters, {
+                    conn.request(vec![1; MESSAGE_BYTES])
+                        .await
+                        .expect("response");
+                })
+            })
+        })
+    });
+}
+
+fn round_trips(c: &mut Criterion) {
+    let (client, server) = (member_runtime(), member_runtime());
+    udp(c, &client, &server);
+    mesh(c, &client, &server);
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(3))
+}
+
+#[allow(missing_docs)] // criterion's macro generates an undocumented function
+mod harness {
+    use super::*;
+    criterion_group! {
+        name = benches;
+        config = config();
+        targets = round_trips
+    }
+}
+use harness::benches;
+criterion_main!(benches);
