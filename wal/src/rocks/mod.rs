@@ -43,12 +43,12 @@ pub struct OpenOptions {
     /// [`MAX_WAL_PREALLOCATION`]. Ignored under `Durability::None`.
     pub wal_preallocation: u64,
     /// How long the writer thread polls for the next write before it
-    /// sleeps. Polling saves a wake-up when the next write comes from a
-    /// thread that sends it as soon as the last one returns (an embedded
-    /// store under `Durability::Buffered`); it only burns CPU when the next
-    /// write waits on a network round trip first (a cluster member), so
-    /// those pass zero. Default [`DEFAULT_WRITER_POLL`]; at most
-    /// [`MAX_WRITER_POLL`].
+    /// sleeps (except while a `Buffered` sync is pending, when it waits for
+    /// that instead). Polling saves a wake-up when the next write comes from
+    /// a thread that submits it as soon as the last one returns (one thread
+    /// calling [`LogStore::write`] in a loop); it only burns CPU when the
+    /// next write waits on a network round trip first, so the engine passes
+    /// zero. Default [`DEFAULT_WRITER_POLL`]; at most [`MAX_WRITER_POLL`].
     pub writer_poll: Duration,
 }
 
