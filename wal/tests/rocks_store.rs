@@ -39,7 +39,7 @@ fn append(group: u64, entries: Vec<Entry>) -> Vec<LogWrite> {
     }]
 }
 
-/// Writer polls to try: none (a cluster member's), the default, the most.
+/// Writer polls to try: none (what the engine uses), the default, the most.
 fn writer_polls() -> [Duration; 3] {
     [Duration::ZERO, DEFAULT_WRITER_POLL, MAX_WRITER_POLL]
 }
