@@ -1,9 +1,11 @@
 //! What one hop between two members costs: the round trip of a 300-byte
 //! message between two runtimes shaped like a member's (one worker each),
 //! over loopback, with the receiver idle before every message as at one
-//! client. Three ways: plain UDP on tokio (the floor), a Raft frame over the
-//! mesh and back (what an append and its answer take), and a request stream
-//! (what a client's request and its response take).
+//! client. Five ways, from the floor up: blocking UDP sockets on plain
+//! threads, UDP on tokio, one QUIC stream each way read and written by one
+//! task per side (quinn alone), a Raft frame over the mesh and back (what an
+//! append and its answer take: quinn plus the mesh's queues and tasks), and
+//! a request stream (what a client's request and its response take).
 //!
 //! `cargo bench -p flotilla-net --bench round_trip`
 
@@ -14,7 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use flotilla_net::{ClusterCa, Deliver, FrameKind, Identity, Mesh, Node, PeerConnection, Serve};
+use flotilla_net::frame::{read_frame, write_frame};
+use flotilla_net::{
+    ClusterCa, Deliver, Frame, FrameKind, Identity, Mesh, Node, PeerConnection, Serve,
+};
 use rustls_pki_types::CertificateDer;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
@@ -65,6 +70,32 @@ macro_rules! timed {
         }
         total
     }};
+}
+
+fn std_udp(c: &mut Criterion) {
+    let (client, server) = (
+        UdpSocket::bind("127.0.0.1:0").expect("bind"),
+        UdpSocket::bind("127.0.0.1:0").expect("bind"),
+    );
+    let echo_addr = server.local_addr().expect("addr");
+    // The echo thread lives as long as the process: the bench ends it.
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((len, from)) = server.recv_from(&mut buf) {
+            let _ = server.send_to(&buf[..len], from);
+        }
+    });
+    c.bench_function("std_udp_round_trip", |b| {
+        b.iter_custom(|iters| {
+            let mut buf = [0u8; 2048];
+            timed!(iters, {
+                client
+                    .send_to(&[1; MESSAGE_BYTES], echo_addr)
+                    .expect("send");
+                client.recv_from(&mut buf).expect("recv");
+            })
+        })
+    });
 }
 
 fn udp(c: &mut Criterion, client: &Arc<Runtime>, server: &Arc<Runtime>) {
@@ -182,9 +213,70 @@ fn mesh(c: &mut Criterion, client: &Arc<Runtime>, server: &Arc<Runtime>) {
     });
 }
 
+/// One stream each way on one authenticated connection, read and written
+/// directly by one task per side: what quinn costs without the mesh.
+fn quinn_streams(c: &mut Criterion, client: &Arc<Runtime>, server: &Arc<Runtime>) {
+    let ca = ClusterCa::generate("bench").expect("ca");
+    let (cert, one, two) = (
+        ca.cert(),
+        ca.issue(1).expect("certificate"),
+        ca.issue(2).expect("certificate"),
+    );
+    let (a, b) = (free_addr(), free_addr());
+    let echo_cert = cert.clone();
+    server.spawn(async move {
+        let node = Node::bind(2, b, &two, &echo_cert).expect("bind");
+        let Some(Ok(conn)) = node.accept().await else {
+            return;
+        };
+        let (Ok(mut recv), Ok(mut send)) = (conn.accept_stream().await, conn.open_stream().await)
+        else {
+            return;
+        };
+        while let Ok(Some(frame)) = read_frame(&mut recv).await {
+            if write_frame(&mut send, &frame).await.is_err() {
+                return;
+            }
+        }
+        drop(node);
+    });
+    let streams = on_worker(client, async move {
+        let node = Node::bind(1, a, &one, &cert).expect("bind");
+        let conn = node.connect(2, b).await.expect("connect");
+        let mut send = conn.open_stream().await.expect("stream");
+        // The echo side's stream opens once our first frame reached it.
+        write_frame(&mut send, &raft_frame()).await.expect("write");
+        let mut recv = conn.accept_stream().await.expect("stream");
+        read_frame(&mut recv).await.expect("echo");
+        Arc::new(tokio::sync::Mutex::new((node, conn, send, recv)))
+    });
+    c.bench_function("quinn_stream_round_trip", |bencher| {
+        bencher.iter_custom(|iters| {
+            let streams = streams.clone();
+            on_worker(client, async move {
+                let mut streams = streams.lock().await;
+                let (_, _, send, recv) = &mut *streams;
+                timed!(iters, {
+                    write_frame(send, &raft_frame()).await.expect("write");
+                    read_frame(recv).await.expect("echo");
+                })
+            })
+        })
+    });
+}
+
+fn raft_frame() -> Frame {
+    Frame {
+        kind: FrameKind::Raft,
+        payload: vec![1; MESSAGE_BYTES],
+    }
+}
+
 fn round_trips(c: &mut Criterion) {
     let (client, server) = (member_runtime(), member_runtime());
+    std_udp(c);
     udp(c, &client, &server);
+    quinn_streams(c, &client, &server);
     mesh(c, &client, &server);
 }
 
