@@ -129,6 +129,28 @@ fn udp(c: &mut Criterion, client: &Arc<Runtime>, server: &Arc<Runtime>) {
     });
 }
 
+/// The CA's certificate, nodes 1 and 2's identities and a free loopback
+/// address for each.
+type TwoNodes = (
+    CertificateDer<'static>,
+    Identity,
+    Identity,
+    SocketAddr,
+    SocketAddr,
+);
+
+/// Nodes 1 and 2 of a fresh cluster CA.
+fn two_nodes() -> TwoNodes {
+    let ca = ClusterCa::generate("bench").expect("ca");
+    (
+        ca.cert(),
+        ca.issue(1).expect("certificate"),
+        ca.issue(2).expect("certificate"),
+        free_addr(),
+        free_addr(),
+    )
+}
+
 /// A mesh member whose every frame arrives on the returned channel, and
 /// which answers every request with the request itself.
 fn member(
@@ -149,13 +171,7 @@ fn member(
 }
 
 fn mesh(c: &mut Criterion, client: &Arc<Runtime>, server: &Arc<Runtime>) {
-    let ca = ClusterCa::generate("bench").expect("ca");
-    let (cert, one, two) = (
-        ca.cert(),
-        ca.issue(1).expect("certificate"),
-        ca.issue(2).expect("certificate"),
-    );
-    let (a, b) = (free_addr(), free_addr());
+    let (cert, one, two, a, b) = two_nodes();
     // The echoing member sends every frame it receives back.
     let echo_cert = cert.clone();
     let _echo = on_worker(server, async move {
@@ -216,13 +232,7 @@ fn mesh(c: &mut Criterion, client: &Arc<Runtime>, server: &Arc<Runtime>) {
 /// One stream each way on one authenticated connection, read and written
 /// directly by one task per side: what quinn costs without the mesh.
 fn quinn_streams(c: &mut Criterion, client: &Arc<Runtime>, server: &Arc<Runtime>) {
-    let ca = ClusterCa::generate("bench").expect("ca");
-    let (cert, one, two) = (
-        ca.cert(),
-        ca.issue(1).expect("certificate"),
-        ca.issue(2).expect("certificate"),
-    );
-    let (a, b) = (free_addr(), free_addr());
+    let (cert, one, two, a, b) = two_nodes();
     let echo_cert = cert.clone();
     server.spawn(async move {
         let node = Node::bind(2, b, &two, &echo_cert).expect("bind");
