@@ -130,7 +130,6 @@ fn a_preallocated_wal_is_written_over_and_loses_nothing_across_reopens() {
     const PREALLOCATION: u64 = 4 << 20;
     let dir = tempfile::tempdir().unwrap();
     let options = OpenOptions {
-        durability: Durability::Sync,
         wal_preallocation: PREALLOCATION,
         ..OpenOptions::new(Durability::Sync)
     };
@@ -399,7 +398,6 @@ fn full_disk_child() {
     // A WAL preallocation the disk cannot hold refuses the open, naming the
     // store and the way out; the store then opens without one.
     let preallocating = OpenOptions {
-        durability: Durability::Sync,
         wal_preallocation: 8 << 20,
         ..OpenOptions::new(Durability::Sync)
     };

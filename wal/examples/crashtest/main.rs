@@ -197,7 +197,6 @@ fn read_number(path: &str) -> u64 {
 
 fn child(dir: &str, seed: u64) -> ExitCode {
     let options = OpenOptions {
-        durability: Durability::Sync,
         wal_preallocation: CHILD_WAL_PREALLOCATION,
         ..OpenOptions::new(Durability::Sync)
     };
