@@ -59,7 +59,8 @@ pub use raft::ready::{
 };
 pub use raft::rng::SplitMix64;
 pub use raft::status::{PeerStatus, Status};
-pub use raft::step::MisdirectedMessage;
+pub use raft::step::RefusedMessage;
+pub use raft::validate::MAX_TERM_OR_INDEX;
 
 impl RaftCore {
     /// True if this node is the leader.

@@ -31,6 +31,7 @@ use crate::raft::core::{RaftCore, Role};
 use crate::raft::error::ProposeError;
 use crate::raft::message::SnapshotMeta;
 use crate::raft::ready::{PersistRequest, ReadState, StagedChunk};
+use crate::raft::step::RefusedMessage;
 
 /// Length of one tick of the core's clock.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -201,11 +202,13 @@ impl GroupLoop {
                 key,
                 reply,
             } => self.on_read(consistency, key, reply),
-            Event::Message(msg) => {
-                if let Err(e) = self.core.step(msg) {
-                    debug!(group = self.group, "dropped a misdirected message: {e}");
+            Event::Message(msg) => match self.core.step(msg) {
+                Ok(()) => {}
+                Err(e @ RefusedMessage::Malformed { .. }) => {
+                    warn!(group = self.group, "dropped a message: {e}");
                 }
-            }
+                Err(e) => debug!(group = self.group, "dropped a message: {e}"),
+            },
             Event::Status(reply) => {
                 let status = GroupStatus {
                     raft: self.core.status(),

@@ -15,3 +15,4 @@ pub(crate) mod rng;
 mod snapshot;
 pub(crate) mod status;
 pub(crate) mod step;
+pub(crate) mod validate;

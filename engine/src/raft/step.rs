@@ -3,25 +3,42 @@
 
 use crate::raft::core::{RaftCore, Role};
 use crate::raft::message::{AppendResponse, Message, MessageBody};
+use crate::raft::validate;
 use thiserror::Error;
 
-/// A message that cannot be for this core.
+/// Why the core refused a message without acting on it.
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("message for group {group} node {to} delivered to group {my_group} node {me}")]
-pub struct MisdirectedMessage {
-    /// The message's group.
-    pub group: u64,
-    /// The message's recipient.
-    pub to: u64,
-    /// This core's group.
-    pub my_group: u64,
-    /// This core's node.
-    pub me: u64,
+#[non_exhaustive]
+pub enum RefusedMessage {
+    /// The message cannot be for this core: another group or node, or sent
+    /// "from" this node itself or from node 0.
+    #[error("message for group {group} node {to} delivered to group {my_group} node {me}")]
+    Misdirected {
+        /// The message's group.
+        group: u64,
+        /// The message's recipient.
+        to: u64,
+        /// This core's group.
+        my_group: u64,
+        /// This core's node.
+        me: u64,
+    },
+    /// No correct member sends this (see [`MAX_TERM_OR_INDEX`](crate::MAX_TERM_OR_INDEX)
+    /// and the rules in the `validate` module): the sender has a bug, runs
+    /// an incompatible build, or the frame was damaged.
+    #[error("malformed message from node {from}: {reason}; check that node's build and logs")]
+    Malformed {
+        /// The sender.
+        from: u64,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 impl RaftCore {
-    /// Feeds a message from a peer.
-    pub fn step(&mut self, msg: Message) -> Result<(), MisdirectedMessage> {
+    /// Feeds a message from a peer. A message that is not for this core, or
+    /// that no correct peer would send, is refused whole and changes nothing.
+    pub fn step(&mut self, msg: Message) -> Result<(), RefusedMessage> {
         // Node ids start at 1: a message "from" 0 (a client's id on the
         // wire) is never Raft traffic, and must not move our term.
         if msg.group != self.cfg.group
@@ -29,13 +46,17 @@ impl RaftCore {
             || msg.from == self.cfg.id
             || msg.from == 0
         {
-            return Err(MisdirectedMessage {
+            return Err(RefusedMessage::Misdirected {
                 group: msg.group,
                 to: msg.to,
                 my_group: self.cfg.group,
                 me: self.cfg.id,
             });
         }
+        validate::check(&msg).map_err(|reason| RefusedMessage::Malformed {
+            from: msg.from,
+            reason,
+        })?;
         self.step_local(msg);
         Ok(())
     }

@@ -227,7 +227,7 @@ impl Cluster {
                 events.push_back(format!("[{}] deliver {:?}", self.now, msg));
             }
             if let Err(e) = core.step(msg) {
-                self.checker.violation(format!("misdirected message: {e}"));
+                self.checker.violation(format!("refused message: {e}"));
             }
             self.drain(to);
         }
