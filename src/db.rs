@@ -590,10 +590,7 @@ impl AsyncDb {
                     })
                     .instrument(span)
                     .await;
-                // The next write of this session gets the next number whatever
-                // happened: a retry of this one is never sent again.
-                self.inner.sessions.give_back(client, seq + 1);
-                reply?
+                self.inner.sessions.finish(client, seq, reply)?
             }
         };
         match reply {

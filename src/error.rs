@@ -38,8 +38,10 @@ pub enum Error {
     /// An argument is out of bounds (key or value too large, bad range).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// The client session expired between attempts of a write, so whether it
-    /// was applied is unknown. Fatal for that write; open a new `Db` handle.
+    /// The cluster no longer knows the client session of a write (evicted
+    /// past `max_sessions`, or idle too long), so whether an earlier attempt
+    /// of it was applied is unknown. Fatal for that write; the handle's next
+    /// write starts a new session.
     #[error("client session expired; whether the write was applied is unknown")]
     SessionExpired,
     /// The `Db` was closed.

@@ -83,6 +83,33 @@ fn basic_writes_and_reads_through_any_member() {
 }
 
 #[test]
+fn a_client_whose_session_was_evicted_goes_on_with_a_new_one() {
+    // One session kept: a second client's first write evicts the first's.
+    let cluster = Cluster::start_configured(3, "max_sessions = 1\n");
+    let first = cluster.client();
+    let second = cluster.client();
+    first
+        .put(b"a", b"1")
+        .expect("the first client's first write");
+    second
+        .put(b"b", b"1")
+        .expect("the second client's first write");
+    assert_eq!(
+        first.put(b"a", b"2"),
+        Err(Error::SessionExpired),
+        "the evicted session's next number is refused"
+    );
+    first
+        .put(b"a", b"3")
+        .expect("the next write starts a new session");
+    assert_eq!(
+        first.get(b"a", ReadConsistency::Linearizable).expect("get"),
+        Some(b"3".to_vec()),
+        "the refused write was not applied, the new one was"
+    );
+}
+
+#[test]
 fn a_client_that_reaches_a_follower_first_then_goes_to_the_leader() {
     let mut cluster = Cluster::start(3);
     let client = cluster.client();

@@ -218,10 +218,7 @@ impl AsyncRemoteClient {
                 other => Err(WireError::Other(format!("unexpected response {other:?}"))),
             })
             .await;
-        // The next write of this session gets the next number whatever
-        // happened: a retry of this one is never sent again.
-        self.sessions.give_back(client, seq + 1);
-        let reply = reply?;
+        let reply = self.sessions.finish(client, seq, reply)?;
         match reply {
             WriteReply::SessionExpired => Err(Error::SessionExpired),
             WriteReply::StaleSequence { last } => Err(Error::InvalidArgument(format!(

@@ -51,6 +51,10 @@ pub struct NodeConfig {
     /// Snapshot and compact the log past this many bytes (default 64 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_raft_state_bytes: Option<u64>,
+    /// Client sessions kept for exactly-once writes (see
+    /// `DbBuilder::max_sessions`; default 10,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sessions: Option<usize>,
     /// The other members: node id → address.
     pub peers: BTreeMap<String, SocketAddr>,
 }
@@ -147,6 +151,7 @@ pub fn init_cluster(nodes: u64, dir: &Path) -> Result<()> {
             wal_preallocation_mib: Some(CLUSTER_WAL_PREALLOCATION_MIB),
             max_log_entries: None,
             max_raft_state_bytes: None,
+            max_sessions: None,
             peers: addrs
                 .iter()
                 .filter(|(&peer, _)| peer != id)
@@ -220,6 +225,9 @@ pub fn load_node(file: &Path) -> Result<DbBuilder> {
         .listen(config.listen)
         .durability(durability)
         .tls(tls);
+    if let Some(sessions) = config.max_sessions {
+        builder = builder.max_sessions(sessions);
+    }
     for (id, addr) in parse_ids(&config.peers, file)? {
         builder = builder.peer(id, addr);
     }

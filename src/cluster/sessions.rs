@@ -5,6 +5,8 @@
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
 
+use flotilla_engine::kv::WriteReply;
+
 /// Idle sessions: (client id, next sequence number).
 #[derive(Default)]
 pub(crate) struct SessionPool {
@@ -23,11 +25,23 @@ impl SessionPool {
         (hasher.finish().max(1), 1)
     }
 
-    /// Returns a session after its write finished, whatever the outcome: a
-    /// retry of that write is never sent again, so the next number is free.
-    pub(crate) fn give_back(&self, client: u64, next_seq: u64) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push((client, next_seq));
+    /// Ends a write of session `client` with number `seq`. The session goes
+    /// back to the pool with the next number whatever happened, as a retry
+    /// of this write is never sent again; unless the state machine no
+    /// longer knows it (evicted for `max_sessions`, or idle too long): every
+    /// later number would be refused too, so the next write starts a new
+    /// session.
+    pub(crate) fn finish<E>(
+        &self,
+        client: u64,
+        seq: u64,
+        reply: Result<WriteReply, E>,
+    ) -> Result<WriteReply, E> {
+        if !matches!(reply, Ok(WriteReply::SessionExpired)) {
+            if let Ok(mut idle) = self.idle.lock() {
+                idle.push((client, seq + 1));
+            }
         }
+        reply
     }
 }

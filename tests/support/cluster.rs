@@ -34,6 +34,12 @@ pub(crate) fn take_turn() -> std::sync::MutexGuard<'static, ()> {
 
 impl Cluster {
     pub(crate) fn start(nodes: u64) -> Cluster {
+        Cluster::start_configured(nodes, "")
+    }
+
+    /// Starts a cluster whose members' config files begin with `settings`
+    /// (top-level TOML keys, such as `max_sessions = 1`).
+    pub(crate) fn start_configured(nodes: u64, settings: &str) -> Cluster {
         let turn = take_turn();
         let dir = tempfile::tempdir().expect("temp dir");
         let init = Command::new(BIN)
@@ -46,6 +52,11 @@ impl Cluster {
             "{}",
             String::from_utf8_lossy(&init.stderr)
         );
+        for id in 1..=nodes {
+            let file = dir.path().join(format!("node{id}.toml"));
+            let text = std::fs::read_to_string(&file).expect("node config");
+            std::fs::write(&file, format!("{settings}{text}")).expect("node config");
+        }
         let mut cluster = Cluster {
             dir,
             nodes,
