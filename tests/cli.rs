@@ -196,6 +196,18 @@ fn bad_cluster_files_and_unreachable_members_get_messages_naming_them() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("node"), "{stderr}");
+    // A cluster file that lists no member names the file and the table.
+    let client_file = cluster.join("cluster.toml");
+    let listed = std::fs::read_to_string(&client_file).expect("read cluster.toml");
+    let header = listed.find("[nodes]").expect("a [nodes] table");
+    std::fs::write(&client_file, &listed[..header + "[nodes]\n".len()]).expect("write");
+    let out = flotilla_cluster(&["get", "k"], &cluster);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cluster.toml") && stderr.contains("[nodes]"),
+        "{stderr}"
+    );
 }
 
 fn flotilla_cluster(args: &[&str], cluster: &Path) -> Output {

@@ -80,6 +80,11 @@ fn basic_writes_and_reads_through_any_member() {
         let groups = status.unwrap_or_else(|e| panic!("node {node}: {e}"));
         assert_eq!(groups[0].sessions, 1, "node {node} holds one session");
     }
+    // A member the cluster file does not list is an error, not a panic.
+    match client.get_from(9, b"k00") {
+        Err(Error::InvalidArgument(why)) => assert!(why.contains("node 9"), "{why}"),
+        other => panic!("node 9 is no member: {other:?}"),
+    }
 }
 
 #[test]

@@ -82,6 +82,18 @@ impl AsyncRemoteClient {
         }
     }
 
+    /// Where member `node` listens. A node that the cluster file does not
+    /// list (asked for by id, or named leader by a member whose cluster has
+    /// changed) is an error, not a panic.
+    fn address(&self, node: u64) -> Result<SocketAddr> {
+        self.nodes.get(&node).copied().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "node {node} is not in this client's cluster file (members: {:?})",
+                self.nodes.keys().collect::<Vec<_>>()
+            ))
+        })
+    }
+
     async fn connection(&self, node: u64) -> Result<Arc<PeerConnection>> {
         if let Some(conn) = self.cached(node) {
             return Ok(conn);
@@ -90,7 +102,7 @@ impl AsyncRemoteClient {
         if let Some(conn) = self.cached(node) {
             return Ok(conn);
         }
-        let addr = self.nodes[&node];
+        let addr = self.address(node)?;
         let conn = Arc::new(
             self.endpoint
                 .connect(node, addr)
@@ -106,12 +118,12 @@ impl AsyncRemoteClient {
     async fn send_to(&self, node: u64, request: &Request) -> Result<Response> {
         // A member that is down must not hold the client for the whole
         // handshake timeout: try the next one soon.
+        let addr = self.address(node)?;
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.connection(node))
             .await
             .map_err(|_| {
                 Error::Unavailable(format!(
-                    "node {node} at {} did not answer within {CONNECT_TIMEOUT:?}",
-                    self.nodes[&node]
+                    "node {node} at {addr} did not answer within {CONNECT_TIMEOUT:?}"
                 ))
             })??;
         match conn.request(proto::encode(request)).await {
@@ -148,10 +160,9 @@ impl AsyncRemoteClient {
             let attempt = tokio::time::timeout_at(deadline, self.send_to(target, &request)).await;
             let mut served_by = None;
             let result = match attempt {
-                Err(_) if !answered => Err(Error::Unavailable(format!(
-                    "node {target} at {} did not answer",
-                    self.nodes[&target]
-                ))),
+                Err(_) if !answered => {
+                    Err(Error::Unavailable(format!("node {target} did not answer")))
+                }
                 Err(_) => Err(Error::Timeout(self.timeout)),
                 Ok(Err(e)) => Err(e),
                 Ok(Ok(response)) => {

@@ -249,8 +249,15 @@ pub fn load_client(dir: &Path) -> Result<ClientFiles> {
         .map_err(|e| Error::Config(format!("cannot read {}: {e}", file.display())))?;
     let config: ClientConfig =
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
+    let nodes = parse_ids(&config.nodes, &file)?;
+    if nodes.is_empty() {
+        return Err(Error::Config(format!(
+            "{}: [nodes] lists no member to connect to",
+            file.display()
+        )));
+    }
     Ok(ClientFiles {
-        nodes: parse_ids(&config.nodes, &file)?,
+        nodes,
         tls: ClusterTls {
             ca_cert: read(&dir.join(&config.ca_cert))?,
             cert: read(&dir.join(&config.cert))?,
