@@ -265,3 +265,91 @@ fn transfer_gives_up_after_an_election_timeout() {
         "proposals still refused after the transfer timed out"
     );
 }
+
+#[test]
+fn a_removed_voter_that_missed_its_removal_cannot_depose_the_leader() {
+    // Without PreVote and CheckQuorum nothing else stops it: found as
+    // simulator seed 7000282, where a removed node campaigned term after
+    // term and no leader lasted long enough to commit.
+    let mut net = Net::with(4, |cfg| {
+        cfg.pre_vote = false;
+        cfg.check_quorum = false;
+    });
+    net.elect(1);
+    net.core(1)
+        .change_membership(MembershipChange::Remove(4))
+        .unwrap();
+    // Node 4 hears nothing of its removal; the others learn that it committed.
+    net.settle_within(&[1, 2, 3]);
+    net.core(1).propose(b"commit carrier".to_vec()).unwrap();
+    net.settle_within(&[1, 2, 3]);
+    for _ in 0..2 {
+        net.core(1).tick(); // a heartbeat carries the commit index
+    }
+    net.settle_within(&[1, 2, 3]);
+    for id in 1..=3 {
+        let core = net.core(id);
+        assert!(!core.membership().is_voter(4));
+        assert_eq!(
+            core.commit_index(),
+            core.last_index(),
+            "node {id} knows the removal committed"
+        );
+    }
+    assert!(
+        net.core(4).membership().is_voter(4),
+        "4 still believes it votes"
+    );
+    let term = net.core(1).term();
+
+    net.core(4).start_election();
+    let requests = net.flush(4);
+    assert!(
+        requests
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::RequestVote { .. }) && m.term > term),
+        "node 4 campaigns at a higher term: {requests:?}"
+    );
+    net.settle();
+    assert_eq!(
+        net.core(1).role(),
+        Role::Leader,
+        "the leader keeps its place"
+    );
+    assert_eq!(net.core(1).term(), term, "and its term");
+    for id in 2..=3 {
+        assert_eq!(
+            net.core(id).term(),
+            term,
+            "node {id} ignored the removed node"
+        );
+    }
+    net.core(1).propose(b"after".to_vec()).unwrap();
+    let index = net.core(1).last_index();
+    net.settle();
+    assert_eq!(net.core(1).commit_index(), index, "the group still commits");
+}
+
+#[test]
+fn a_new_member_that_knows_no_configuration_still_answers_candidates() {
+    // It cannot tell a removed node from the one that added it, and the
+    // group may need its vote (simulator seed 7002648).
+    let mut net = net_with_spares();
+    net.core(1).start_election();
+    let requests = net.flush(1);
+    let mut to_new = requests
+        .into_iter()
+        .find(|m| m.to == 2)
+        .expect("a vote request");
+    to_new.to = 4;
+    net.core(4).step(to_new).unwrap();
+    let (_, replies) = flush(net.core(4));
+    assert!(
+        replies.iter().any(|m| m.to == 1
+            && matches!(
+                m.body,
+                MessageBody::PreVoteResponse { .. } | MessageBody::RequestVoteResponse { .. }
+            )),
+        "and answered: {replies:?}"
+    );
+}

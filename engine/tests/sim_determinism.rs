@@ -73,6 +73,18 @@ fn regression_seeds() {
             19811,
             "checker flagged a stale leader for lacking an entry committed in a later term",
         ),
+        (
+            7_000_282,
+            "a removed voter that missed its removal campaigned on and deposed every leader",
+        ),
+        (
+            7_002_648,
+            "new members that knew no configuration yet ignored the candidates that needed their votes",
+        ),
+        (
+            7_002_193,
+            "removed nodes being re-added ignored the candidate that needed their votes",
+        ),
     ] {
         let report = run_seed(seed, &options);
         assert!(

@@ -16,11 +16,32 @@ impl RaftCore {
         self.randomized_election_timeout = self.rng.range(base, 2 * base);
     }
 
-    /// True while this node has heard from a leader within the election timeout.
+    /// True while this node leads, or has heard from its leader within the
+    /// election timeout.
+    fn hears_from_leader(&self) -> bool {
+        self.leader != 0 && self.election_elapsed < self.cfg.election_timeout_ticks
+    }
+
+    /// True while this node has heard from a leader within the election
+    /// timeout and CheckQuorum makes such a leader step down once it loses
+    /// its quorum, so that holding on to it cannot block a needed election.
     pub(crate) fn in_leader_lease(&self) -> bool {
-        self.cfg.check_quorum
-            && self.leader != 0
-            && self.election_elapsed < self.cfg.election_timeout_ticks
+        self.cfg.check_quorum && self.hears_from_leader()
+    }
+
+    /// Whether a vote request from `candidate` is ignored outright, term
+    /// and all: we hear from a live leader and the candidate is no voter in
+    /// our latest configuration. That is a removed node that missed its
+    /// removal and campaigns on, term after term; without PreVote and
+    /// CheckQuorum nothing else stops it deposing every leader (simulator
+    /// seed 7000282). Ignoring it is safe (a vote not given never breaks
+    /// safety). Membership alone is not enough: a node that missed a
+    /// configuration cannot tell a removed candidate from one added, or
+    /// re-added, after its information (seeds 7002648, 7002193); while a
+    /// leader reaches it, that leader brings the configuration, and once none
+    /// does the request is answered as any other.
+    pub(crate) fn ignores_candidate(&self, candidate: NodeId) -> bool {
+        self.hears_from_leader() && !self.membership().is_voter(candidate)
     }
 
     pub(crate) fn tick_election(&mut self) {

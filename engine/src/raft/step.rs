@@ -62,6 +62,13 @@ impl RaftCore {
     }
 
     pub(crate) fn step_local(&mut self, msg: Message) {
+        if matches!(
+            msg.body,
+            MessageBody::PreVote { .. } | MessageBody::RequestVote { .. }
+        ) && self.ignores_candidate(msg.from)
+        {
+            return;
+        }
         if msg.term > self.term {
             match &msg.body {
                 MessageBody::PreVote { .. }
