@@ -575,21 +575,15 @@ impl AsyncDb {
                     .await?
             }
             Some(member) => {
-                let (client, seq) = self.inner.sessions.take();
-                let command = kv::command::encode(&Command {
-                    client,
-                    seq,
-                    now_ms: now_ms(),
-                    op,
-                });
-                let span = debug_span!("write", client, seq);
-                let reply = self
-                    .call(member, Request::Write { command }, |r| match r {
-                        Response::Write(r) => r,
-                        other => Err(unexpected(other)),
-                    })
-                    .instrument(span)
-                    .await;
+                let (client, mut seq) = self.inner.sessions.take();
+                if seq == 0 {
+                    // Opening is idempotent, so retried freely; if it fails
+                    // the new session is dropped unused.
+                    self.send_write(member, client, 0, WriteOp::OpenSession)
+                        .await?;
+                    seq = 1;
+                }
+                let reply = self.send_write(member, client, seq, op).await;
                 self.inner.sessions.finish(client, seq, reply)?
             }
         };
@@ -600,6 +594,29 @@ impl AsyncDb {
             ))),
             other => Ok(other),
         }
+    }
+
+    /// Sends one write of session `client` with number `seq` through the
+    /// member, retrying as `call` does.
+    async fn send_write(
+        &self,
+        member: &Member,
+        client: u64,
+        seq: u64,
+        op: WriteOp,
+    ) -> Result<WriteReply> {
+        let command = kv::command::encode(&Command {
+            client,
+            seq,
+            now_ms: now_ms(),
+            op,
+        });
+        self.call(member, Request::Write { command }, |r| match r {
+            Response::Write(r) => r,
+            other => Err(unexpected(other)),
+        })
+        .instrument(debug_span!("write", client, seq))
+        .await
     }
 
     /// Sends `request` through the member (which forwards it to the leader),

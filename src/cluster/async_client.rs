@@ -215,20 +215,14 @@ impl AsyncRemoteClient {
     }
 
     async fn write(&self, op: WriteOp) -> Result<WriteReply> {
-        let (client, seq) = self.sessions.take();
-        let command = kv::command::encode(&Command {
-            client,
-            seq,
-            // The leader stamps its own clock over this (Member::stamp).
-            now_ms: 0,
-            op,
-        });
-        let reply = self
-            .call(Request::Write { command }, |r| match r {
-                Response::Write(r) => r,
-                other => Err(WireError::Other(format!("unexpected response {other:?}"))),
-            })
-            .await;
+        let (client, mut seq) = self.sessions.take();
+        if seq == 0 {
+            // Opening is idempotent, so retried freely; if it fails the new
+            // session is dropped unused.
+            self.send_write(client, 0, WriteOp::OpenSession).await?;
+            seq = 1;
+        }
+        let reply = self.send_write(client, seq, op).await;
         let reply = self.sessions.finish(client, seq, reply)?;
         match reply {
             WriteReply::SessionExpired => Err(Error::SessionExpired),
@@ -237,6 +231,23 @@ impl AsyncRemoteClient {
             ))),
             other => Ok(other),
         }
+    }
+
+    /// Sends one write of session `client` with number `seq`, retrying as
+    /// `call` does.
+    async fn send_write(&self, client: u64, seq: u64, op: WriteOp) -> Result<WriteReply> {
+        let command = kv::command::encode(&Command {
+            client,
+            seq,
+            // The leader stamps its own clock over this (Member::stamp).
+            now_ms: 0,
+            op,
+        });
+        self.call(Request::Write { command }, |r| match r {
+            Response::Write(r) => r,
+            other => Err(WireError::Other(format!("unexpected response {other:?}"))),
+        })
+        .await
     }
 
     /// Sets `key` to `value`.

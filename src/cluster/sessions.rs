@@ -15,14 +15,15 @@ pub(crate) struct SessionPool {
 
 impl SessionPool {
     /// An idle session, or a new one with a random id (never 0, which means
-    /// "no session") starting at sequence number 1.
+    /// "no session") at sequence number 0: not opened yet. The caller opens
+    /// it with `WriteOp::OpenSession` before its first write, number 1.
     pub(crate) fn take(&self) -> (u64, u64) {
         if let Some(session) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
             return session;
         }
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
         hasher.write_u32(std::process::id());
-        (hasher.finish().max(1), 1)
+        (hasher.finish().max(1), 0)
     }
 
     /// Ends a write of session `client` with number `seq`. The session goes

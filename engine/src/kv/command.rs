@@ -53,6 +53,13 @@ pub enum WriteOp {
         /// The operations, in order.
         ops: Vec<BatchOp>,
     },
+    /// Opens the command's client session at sequence number 0 if the
+    /// state machine does not hold it; an open session is left as it is.
+    /// A client opens its session before its first write (number 1), so a
+    /// write whose session is unknown is refused with `SessionExpired`
+    /// rather than taken for a new client's first write: it may be the
+    /// retry of a write applied before the session was evicted.
+    OpenSession,
 }
 
 /// One operation of a [`WriteOp::Batch`].
@@ -93,6 +100,7 @@ impl WriteOp {
             | WriteOp::Delete { key }
             | WriteOp::CompareAndSwap { key, .. } => vec![key],
             WriteOp::Batch { ops } => ops.iter().map(BatchOp::key).collect(),
+            WriteOp::OpenSession => Vec::new(),
         }
     }
 }

@@ -125,14 +125,22 @@ impl KvMachine {
         command: Command,
     ) -> Result<WriteReply, String> {
         if command.client != 0 {
-            match self.sessions.get(command.client) {
+            let known = self.sessions.get(command.client);
+            if command.op == WriteOp::OpenSession {
+                return Ok(match known {
+                    Some(_) => WriteReply::Done,
+                    None => self.record(command.client, 0, WriteReply::Done),
+                });
+            }
+            match known {
                 Some(session) if command.seq == session.seq => return Ok(session.reply.clone()),
                 Some(session) if command.seq < session.seq => {
                     return Ok(WriteReply::StaleSequence { last: session.seq })
                 }
                 Some(_) => {}
-                None if command.seq > 1 => return Ok(WriteReply::SessionExpired),
-                None => {}
+                // Never opened, or evicted: this may be the retry of a write
+                // applied before the eviction, so it must not be applied.
+                None => return Ok(WriteReply::SessionExpired),
             }
         }
         let op = match command.op {
@@ -169,8 +177,8 @@ impl KvMachine {
                     existed: current.is_some(),
                 },
             ),
-            // Applied above.
-            WriteOp::Batch { .. } => (None, WriteReply::Done),
+            // Applied above; a session is opened above (client 0 has none).
+            WriteOp::Batch { .. } | WriteOp::OpenSession => (None, WriteReply::Done),
             WriteOp::CompareAndSwap { expected, new, .. } => {
                 if current == expected {
                     (
@@ -273,7 +281,12 @@ mod tests {
         let mut machine = KvMachine::new(SessionLimits::default());
         let mut data = Map::default();
         let first = cmd(5, 1, append("k", "a"));
-        run(&mut machine, &mut data, &[first.clone(), first.clone()]);
+        let open = cmd(5, 0, WriteOp::OpenSession);
+        run(
+            &mut machine,
+            &mut data,
+            &[open, first.clone(), first.clone()],
+        );
         run(
             &mut machine,
             &mut data,
@@ -316,8 +329,12 @@ mod tests {
                 },
             ],
         };
-        let replies = run(&mut machine, &mut data, &[cmd(7, 1, batch.clone())]);
-        assert_eq!(replies, vec![WriteReply::Done]);
+        let replies = run(
+            &mut machine,
+            &mut data,
+            &[cmd(7, 0, WriteOp::OpenSession), cmd(7, 1, batch.clone())],
+        );
+        assert_eq!(replies, vec![WriteReply::Done, WriteReply::Done]);
         assert_eq!(data.user(b"a"), Some(&b"3".to_vec()));
         assert_eq!(data.user(b"b"), Some(&b"2".to_vec()));
         assert_eq!(data.user(b"gone"), None);
@@ -336,12 +353,55 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_session_past_its_first_write_is_refused() {
+    fn a_write_of_a_session_never_opened_is_refused_even_the_first() {
         let mut machine = KvMachine::new(SessionLimits::default());
         let mut data = Map::default();
-        let replies = run(&mut machine, &mut data, &[cmd(9, 4, append("k", "x"))]);
-        assert_eq!(replies, vec![WriteReply::SessionExpired]);
+        let replies = run(
+            &mut machine,
+            &mut data,
+            &[cmd(9, 1, append("k", "x")), cmd(9, 4, append("k", "y"))],
+        );
+        assert_eq!(
+            replies,
+            vec![WriteReply::SessionExpired, WriteReply::SessionExpired]
+        );
         assert_eq!(data.user(b"k"), None);
+        assert_eq!(machine.session_count(), 0);
+    }
+
+    #[test]
+    fn a_retried_first_write_after_its_session_was_evicted_is_not_applied_again() {
+        let limits = SessionLimits {
+            max_sessions: 1,
+            ..SessionLimits::default()
+        };
+        let mut machine = KvMachine::new(limits);
+        let mut data = Map::default();
+        let open = |client| cmd(client, 0, WriteOp::OpenSession);
+        let replies = run(
+            &mut machine,
+            &mut data,
+            &[open(1), cmd(1, 1, append("k", "a"))],
+        );
+        assert_eq!(replies, vec![WriteReply::Done, WriteReply::Done]);
+        // Opening again (a retried open) leaves the session where it is.
+        let replies = run(
+            &mut machine,
+            &mut data,
+            &[open(1), cmd(1, 1, append("k", "a"))],
+        );
+        assert_eq!(replies, vec![WriteReply::Done, WriteReply::Done]);
+        assert_eq!(
+            data.user(b"k"),
+            Some(&b"a".to_vec()),
+            "answered from the session"
+        );
+        // Another client's session evicts it (one session kept); the retry
+        // of the first write is refused, not applied a second time.
+        run(&mut machine, &mut data, &[open(2)]);
+        let replies = run(&mut machine, &mut data, &[cmd(1, 1, append("k", "a"))]);
+        assert_eq!(replies, vec![WriteReply::SessionExpired]);
+        assert_eq!(data.user(b"k"), Some(&b"a".to_vec()));
     }
 
     #[test]
