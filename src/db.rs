@@ -23,7 +23,7 @@ use crate::cluster::member::{deliver as member_deliver, Member, MeshTransport};
 use crate::cluster::proto::{self, Request, Response, WireError};
 use crate::cluster::sessions::SessionPool;
 use crate::error::{Error, Result};
-use crate::scan::{scan_group, Pair, ScanRange};
+use crate::scan::{scan_group, scan_pages, Pair, ScanRange};
 
 /// Worker threads of a cluster member's runtime (QUIC and the group loops).
 /// One: every hop between QUIC and a loop then stays on one thread, where a
@@ -769,18 +769,19 @@ impl AsyncDb {
     ) -> Result<Vec<Pair>> {
         if let Some(member) = &self.inner.member {
             let (start, end) = range.bounds()?;
-            let request = Request::Scan {
-                start,
-                end,
-                limit: limit as u64,
-                consistency: consistency.into(),
-            };
-            return self
-                .call(member, request, |r| match r {
+            return scan_pages(start, limit, |start, limit| {
+                let request = Request::Scan {
+                    start,
+                    end: end.clone(),
+                    limit: limit as u64,
+                    consistency: consistency.into(),
+                };
+                self.call(member, request, |r| match r {
                     Response::Scan(r) => r,
                     other => Err(unexpected(other)),
                 })
-                .await;
+            })
+            .await;
         }
         if consistency != ReadConsistency::Stale {
             self.request(|| self.inner.group.read(consistency, None))
@@ -789,9 +790,11 @@ impl AsyncDb {
         let group = self.inner.group.clone();
         let range = range.clone();
         // A long scan must not hold up a tokio worker.
-        tokio::task::spawn_blocking(move || scan_group(&group, &range, limit))
+        // One page: nothing travels, so no byte budget.
+        tokio::task::spawn_blocking(move || scan_group(&group, &range, limit, usize::MAX))
             .await
             .map_err(|e| Error::Storage(format!("scan task failed: {e}")))?
+            .map(|page| page.pairs)
     }
 
     /// Waits (up to the request timeout) until the group has elected a

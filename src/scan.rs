@@ -77,29 +77,147 @@ pub(crate) fn shard_bounds(shard: u16, start: &[u8], end: &[u8]) -> (Vec<u8>, Ve
     (keys::shard_key(shard, start), to)
 }
 
-/// Reads up to `limit` pairs of `range` from `group`'s applied data.
+/// Most bytes of keys and values a cluster member puts in one scan page:
+/// half the 4 MiB frame, leaving room for the encoding. A page always holds
+/// at least one pair, so a single pair above this still travels alone.
+pub(crate) const MAX_SCAN_PAGE_BYTES: usize = 2 << 20;
+
+/// Pairs one shard's cursor reads from storage at a time, and the bytes
+/// after which it stops early: 16 shards buffer at most about 4 MiB.
+const SHARD_CHUNK_PAIRS: usize = 256;
+const SHARD_CHUNK_BYTES: usize = 256 << 10;
+
+/// Part of a scan: the pairs in key order, and whether the range holds more
+/// after the last of them (the page stopped at its limit or byte budget).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ScanPage {
+    pub(crate) pairs: Vec<Pair>,
+    pub(crate) more: bool,
+}
+
+/// One shard's part of a scan, read a chunk at a time so that a scan holds
+/// a bounded number of pairs whatever its limit.
+struct ShardCursor {
+    /// Inner key to read from next.
+    from: Vec<u8>,
+    /// Inner key to stop before.
+    to: Vec<u8>,
+    buffered: std::collections::VecDeque<Pair>,
+    exhausted: bool,
+}
+
+impl ShardCursor {
+    /// Reads the shard's next chunk if nothing is buffered.
+    fn fill(&mut self, group: &GroupHandle) -> Result<()> {
+        if self.buffered.is_empty() && !self.exhausted {
+            let (mut pairs, mut bytes) = (0, 0);
+            let mut last = None;
+            let buffered = &mut self.buffered;
+            group
+                .data()
+                .visit(&self.from, &self.to, &mut |inner, value| {
+                    if let Some((_, key)) = keys::parse_user_key(inner) {
+                        buffered.push_back((key.to_vec(), value.to_vec()));
+                    }
+                    last = Some(inner.to_vec());
+                    pairs += 1;
+                    bytes += inner.len() + value.len();
+                    pairs < SHARD_CHUNK_PAIRS && bytes < SHARD_CHUNK_BYTES
+                })
+                .map_err(|e| Error::Storage(e.to_string()))?;
+            match last {
+                // The chunk stopped early, or reached the end exactly: read
+                // on after its last key (the next read finds nothing then).
+                Some(mut after) if pairs >= SHARD_CHUNK_PAIRS || bytes >= SHARD_CHUNK_BYTES => {
+                    after.push(0);
+                    self.from = after;
+                }
+                _ => self.exhausted = true,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads up to `limit` pairs of `start..end` (empty `end`: unbounded) page
+/// by page, `fetch(start, limit)` reading one page, until the limit or the
+/// end of the range. Each page is read at its own point in time, as the
+/// shards of one page are.
+pub(crate) async fn scan_pages<F, Fut>(
+    start: Vec<u8>,
+    limit: usize,
+    mut fetch: F,
+) -> Result<Vec<Pair>>
+where
+    F: FnMut(Vec<u8>, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<ScanPage>>,
+{
+    let mut pairs: Vec<Pair> = Vec::new();
+    let mut from = start;
+    loop {
+        let page = fetch(from, limit - pairs.len()).await?;
+        pairs.extend(page.pairs);
+        match pairs.last() {
+            Some((last, _)) if page.more && pairs.len() < limit => {
+                // The smallest key after `last`.
+                from = last.clone();
+                from.push(0);
+            }
+            _ => return Ok(pairs),
+        }
+    }
+}
+
+/// Reads up to `limit` pairs of `range` from `group`'s applied data, in key
+/// order, stopping before `max_bytes` of keys and values (but never before
+/// the first pair).
 pub(crate) fn scan_group(
     group: &GroupHandle,
     range: &ScanRange,
     limit: usize,
-) -> Result<Vec<Pair>> {
+    max_bytes: usize,
+) -> Result<ScanPage> {
     let (start, end) = range.bounds()?;
-    let mut merged = Vec::new();
-    for shard in 0..keys::SHARDS {
-        let (from, to) = shard_bounds(shard, &start, &end);
-        let pairs = group
-            .data()
-            .scan(&from, &to, limit)
-            .map_err(|e| Error::Storage(e.to_string()))?;
-        for (inner, value) in pairs {
-            if let Some((_, key)) = keys::parse_user_key(&inner) {
-                merged.push((key.to_vec(), value));
+    let mut cursors: Vec<ShardCursor> = (0..keys::SHARDS)
+        .map(|shard| {
+            let (from, to) = shard_bounds(shard, &start, &end);
+            ShardCursor {
+                from,
+                to,
+                buffered: Default::default(),
+                exhausted: false,
             }
+        })
+        .collect();
+    let mut page = ScanPage::default();
+    let mut bytes = 0usize;
+    loop {
+        for cursor in &mut cursors {
+            cursor.fill(group)?;
+        }
+        // The shard whose next key is smallest: keys hash to shards, so
+        // every shard holds part of any range.
+        let next = cursors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, cursor)| cursor.buffered.front().map(|(key, _)| (key, i)))
+            .min_by(|a, b| a.0.cmp(b.0))
+            .map(|(_, i)| i);
+        let Some(i) = next else { break };
+        let size = cursors[i]
+            .buffered
+            .front()
+            .map_or(0, |(key, value)| key.len() + value.len());
+        if page.pairs.len() >= limit || (!page.pairs.is_empty() && bytes + size > max_bytes) {
+            page.more = true;
+            break;
+        }
+        if let Some(pair) = cursors[i].buffered.pop_front() {
+            bytes += size;
+            page.pairs.push(pair);
         }
     }
-    merged.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    merged.truncate(limit);
-    Ok(merged)
+    Ok(page)
 }
 
 #[cfg(test)]

@@ -115,6 +115,48 @@ fn a_client_whose_session_was_evicted_goes_on_with_a_new_one() {
 }
 
 #[test]
+fn a_scan_larger_than_a_frame_arrives_in_pages() {
+    // 40 values of 200 KiB: 8 MB, twice the largest frame. Before pages the
+    // member's answer could not be sent and the client retried until its
+    // timeout.
+    let cluster = Cluster::start(3);
+    let client = cluster.client();
+    let value = |i: usize| vec![b'a' + (i % 26) as u8; 200 << 10];
+    for i in 0..40 {
+        client
+            .put(format!("big{i:02}").as_bytes(), &value(i))
+            .expect("put");
+    }
+    let pairs = client
+        .scan(
+            b"big".to_vec(),
+            b"bih".to_vec(),
+            1000,
+            ReadConsistency::Linearizable,
+        )
+        .expect("scan");
+    assert_eq!(pairs.len(), 40);
+    for (i, (key, got)) in pairs.iter().enumerate() {
+        assert_eq!(key, format!("big{i:02}").as_bytes());
+        assert!(
+            *got == value(i),
+            "value of {}",
+            String::from_utf8_lossy(key)
+        );
+    }
+    let limited = client
+        .scan(
+            b"big".to_vec(),
+            Vec::new(),
+            25,
+            ReadConsistency::Linearizable,
+        )
+        .expect("scan");
+    assert_eq!(limited.len(), 25, "a limit across pages");
+    assert_eq!(limited[24].0, b"big24".to_vec());
+}
+
+#[test]
 fn a_client_that_reaches_a_follower_first_then_goes_to_the_leader() {
     let mut cluster = Cluster::start(3);
     let client = cluster.client();

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flotilla::{CompactionPolicy, Db, Error, ReadConsistency, ScanRange};
+use flotilla::{BatchOp, CompactionPolicy, Db, Error, ReadConsistency, ScanRange};
 
 fn temp() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
@@ -87,6 +87,34 @@ fn scans_merge_shards_in_key_order_with_prefix_range_and_limit() {
         db.scan(&ScanRange::range("b", "a"), 10),
         Err(Error::InvalidArgument(_))
     ));
+}
+
+#[test]
+fn a_scan_over_more_pairs_than_a_shard_reads_at_once_still_merges_in_order() {
+    // Each shard is read 256 pairs (or 256 KiB) at a time: 6,000 keys put
+    // about 375 in every shard, so each shard is read in two chunks or more.
+    let dir = temp();
+    let db = Db::open(dir.path().join("db")).expect("open");
+    let mut expected = Vec::new();
+    for chunk in 0..6 {
+        let mut ops = Vec::new();
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            let key = format!("k{i:05}").into_bytes();
+            let value = format!("v{i}").into_bytes();
+            expected.push((key.clone(), value.clone()));
+            ops.push(BatchOp::Put { key, value });
+        }
+        db.write_batch(ops).expect("batch");
+    }
+    let all = db.scan(&ScanRange::prefix("k"), 10_000).expect("scan");
+    assert_eq!(all.len(), expected.len());
+    assert!(all == expected, "every pair once, in key order");
+    let limited = db.scan(&ScanRange::prefix("k"), 4_321).expect("scan");
+    assert!(limited == expected[..4_321], "the first 4,321 pairs");
+    let middle = db
+        .scan(&ScanRange::range("k02500", "k03500"), 10_000)
+        .expect("scan");
+    assert!(middle == expected[2_500..3_500], "a range across chunks");
 }
 
 #[test]

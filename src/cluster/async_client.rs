@@ -20,7 +20,7 @@ use crate::cluster::sessions::SessionPool;
 use crate::db::CasOutcome;
 use crate::error::{Error, Result};
 use crate::mapreduce::MapReduceSpec;
-use crate::scan::Pair;
+use crate::scan::{scan_pages, Pair};
 use crate::ReadConsistency;
 
 /// How long to wait for a member to accept a connection before trying another.
@@ -319,15 +319,17 @@ impl AsyncRemoteClient {
         limit: usize,
         consistency: ReadConsistency,
     ) -> Result<Vec<Pair>> {
-        let request = Request::Scan {
-            start,
-            end,
-            limit: limit as u64,
-            consistency: Consistency::from(consistency),
-        };
-        self.call(request, |r| match r {
-            Response::Scan(r) => r,
-            other => Err(WireError::Other(format!("unexpected response {other:?}"))),
+        scan_pages(start, limit, |start, limit| {
+            let request = Request::Scan {
+                start,
+                end: end.clone(),
+                limit: limit as u64,
+                consistency: Consistency::from(consistency),
+            };
+            self.call(request, |r| match r {
+                Response::Scan(r) => r,
+                other => Err(WireError::Other(format!("unexpected response {other:?}"))),
+            })
         })
         .await
     }

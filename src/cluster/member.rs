@@ -17,7 +17,7 @@ use crate::cluster::proto::{self, RemoteStatus, Request, Response, WireError};
 use crate::db::now_ms;
 use crate::error::{Error, Result};
 use crate::mapreduce::cluster::ClusterJobs;
-use crate::scan::{scan_group, ScanRange};
+use crate::scan::{scan_group, ScanRange, MAX_SCAN_PAGE_BYTES};
 
 /// Sends a group's Raft messages over the mesh: snapshot chunks on the
 /// snapshot stream, everything else on the Raft stream.
@@ -201,9 +201,10 @@ impl Member {
                 }
                 let group = self.group.clone();
                 let range = ScanRange::range(start, end);
-                let scanned =
-                    tokio::task::spawn_blocking(move || scan_group(&group, &range, limit as usize))
-                        .await;
+                let scanned = tokio::task::spawn_blocking(move || {
+                    scan_group(&group, &range, limit as usize, MAX_SCAN_PAGE_BYTES)
+                })
+                .await;
                 Response::Scan(match scanned {
                     Ok(result) => result.map_err(WireError::from),
                     Err(e) => Err(WireError::Storage(format!("scan task failed: {e}"))),

@@ -6,9 +6,10 @@ use flotilla_engine::node::ReadConsistency;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::scan::Pair;
+use crate::scan::ScanPage;
 
-const PROTO_VERSION: u8 = 2;
+// 3: scans answer in pages (`ScanPage`), clients ask for the next one.
+const PROTO_VERSION: u8 = 3;
 
 /// How fresh a remote read must be (the wire form of [`ReadConsistency`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +53,8 @@ pub(crate) enum Request {
         key: Vec<u8>,
         consistency: Consistency,
     },
-    /// Pairs in `start..end` (empty end: unbounded), at most `limit`.
+    /// Pairs in `start..end` (empty end: unbounded), at most `limit`, in
+    /// one page of at most `MAX_SCAN_PAGE_BYTES` (but at least one pair).
     Scan {
         start: Vec<u8>,
         end: Vec<u8>,
@@ -220,7 +222,7 @@ pub struct RemoteStatus {
 pub(crate) enum Response {
     Write(Result<WriteReply, WireError>),
     Get(Result<Option<Vec<u8>>, WireError>),
-    Scan(Result<Vec<Pair>, WireError>),
+    Scan(Result<ScanPage, WireError>),
     Status(Result<Vec<RemoteStatus>, WireError>),
     Faults(Result<(), WireError>),
     MrStarted(Result<String, WireError>),
