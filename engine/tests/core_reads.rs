@@ -179,3 +179,32 @@ fn no_lease_reads_during_leadership_transfer() {
     net.core(1).transfer_leadership(2).unwrap();
     assert_eq!(net.core(1).read_lease(2), Err(ProposeError::LeaseExpired));
 }
+
+#[test]
+fn time_the_runtime_could_not_tick_ends_the_lease_but_fires_no_timer() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.tick_all(2);
+    net.settle();
+    assert!(net.core(1).read_lease(1).is_ok());
+    let term = net.core(1).term();
+    // The leader's loop stalled for a second: 100 ticks that were never
+    // delivered. The followers may have elected another leader meanwhile.
+    net.core(1).skip_ticks(100);
+    assert_eq!(
+        net.core(1).read_lease(2),
+        Err(ProposeError::LeaseExpired),
+        "a lease that ran out during the stall serves nothing"
+    );
+    let (ready, msgs) = flush(net.core(1));
+    assert!(
+        msgs.is_empty() && ready.persist.is_none(),
+        "no burst of heartbeats or check-quorum: {msgs:?}"
+    );
+    assert!(net.core(1).is_leader());
+    assert_eq!(net.core(1).term(), term);
+    // A fresh heartbeat round acknowledged by a quorum grants a new lease.
+    net.tick_all(2);
+    net.settle();
+    assert!(net.core(1).read_lease(3).is_ok());
+}

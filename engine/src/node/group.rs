@@ -35,6 +35,17 @@ use crate::raft::step::RefusedMessage;
 
 /// Length of one tick of the core's clock.
 pub const TICK: Duration = Duration::from_millis(10);
+/// Ticks that fell due from `next_due` (included) up to `now`, when the
+/// loop comes back after a stall: rounded up, so a lease ends early rather
+/// than late.
+fn ticks_missed(next_due: Instant, now: Instant) -> u64 {
+    if now < next_due {
+        return 0;
+    }
+    let missed = (now - next_due).as_nanos() / TICK.as_nanos() + 1;
+    u64::try_from(missed).unwrap_or(u64::MAX)
+}
+
 /// Most inbox events handled before the core's output is carried out.
 const MAX_EVENTS_PER_ROUND: usize = 4096;
 
@@ -137,6 +148,23 @@ impl GroupLoop {
         self.shutdown.clone()
     }
 
+    /// Ticks the core for the tick due at `due` and returns when the next
+    /// is due. Ticks missed while the loop stalled (a long apply, a slow
+    /// disk, a busy round) are not replayed as a burst of timers, but the
+    /// core's lease clock counts them: a leader that stalled past its lease
+    /// must not serve lease reads on it, while the others may have elected
+    /// a new leader in the meantime.
+    fn advance_clock(&mut self, due: Instant) -> Instant {
+        self.core.tick();
+        let next = due + TICK;
+        let now = Instant::now();
+        if next >= now {
+            return next;
+        }
+        self.core.skip_ticks(ticks_missed(next, now));
+        now + TICK
+    }
+
     /// Runs until shut down or the inbox closes.
     pub(crate) async fn run(mut self) {
         // A sole voter need not wait out an election timeout.
@@ -156,6 +184,11 @@ impl GroupLoop {
                 event = self.inbox.recv() => Wake::Event(event),
                 _ = &mut tick => Wake::Tick,
             };
+            // Before any event: a lease read must see the time that passed.
+            if Instant::now() >= next_tick {
+                next_tick = self.advance_clock(next_tick);
+                tick.as_mut().reset(next_tick);
+            }
             match wake {
                 Wake::Shutdown | Wake::Event(None) => break,
                 Wake::Done(Some(done)) => self.on_done(done),
@@ -173,12 +206,7 @@ impl GroupLoop {
                 }
             }
             if Instant::now() >= next_tick {
-                self.core.tick();
-                next_tick += TICK;
-                // After a long stall, do not replay the missed ticks in a burst.
-                if next_tick < Instant::now() {
-                    next_tick = Instant::now() + TICK;
-                }
+                next_tick = self.advance_clock(next_tick);
                 tick.as_mut().reset(next_tick);
             }
         }
@@ -573,4 +601,19 @@ impl GroupLoop {
 fn leader_of(core: &RaftCore) -> Option<NodeId> {
     let leader = core.leader();
     (leader != 0).then_some(leader)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stall_counts_every_tick_that_fell_due_rounded_up() {
+        let due = Instant::now();
+        assert_eq!(ticks_missed(due, due - TICK), 0, "not due yet");
+        assert_eq!(ticks_missed(due, due), 1, "the tick due now");
+        assert_eq!(ticks_missed(due, due + TICK / 2), 1);
+        assert_eq!(ticks_missed(due, due + TICK), 2);
+        assert_eq!(ticks_missed(due, due + TICK * 99 + TICK / 2), 100);
+    }
 }

@@ -278,6 +278,15 @@ impl RaftCore {
         }
     }
 
+    /// Records that `ticks` ticks of time passed without being delivered
+    /// (the runtime's loop stalled). Leases count them, so a leader does not
+    /// serve lease reads on a lease that ran out in real time during the
+    /// stall; election and heartbeat timers do not, so a stall is not
+    /// replayed as a burst of elections and heartbeats.
+    pub fn skip_ticks(&mut self, ticks: u64) {
+        self.ticks = self.ticks.saturating_add(ticks);
+    }
+
     /// True if `take_ready` would return work.
     pub fn has_ready(&self) -> bool {
         self.unstable.is_dirty()
