@@ -627,30 +627,43 @@ fn one_partition_minority_waits_majority_continues() {
 /// While `clients` clients run, a new two-way split of the five members
 /// every 1.2 s (longer than an election timeout, so a majority side can
 /// elect and make progress); then heal and check.
-fn many_partitions(clients: usize) {
-    let cluster = start_with_faults(5);
-    let client = cluster.client();
-    client.put(b"warmup", b"1").expect("warm-up");
+/// A thread that cuts the cluster in two, a different cut every `period`,
+/// with `drop_ppm` of the frames lost on every link, until the flag it
+/// returns is set; then the thread must be joined.
+fn spawn_partitioner(
+    cluster: &Cluster,
+    drop_ppm: u32,
+    period: Duration,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
     let dir = cluster.path().to_path_buf();
+    let nodes = cluster.nodes;
     let stop = Arc::new(AtomicBool::new(false));
-    let partitioner = {
+    let handle = {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let client = RemoteClient::open(&dir, Duration::from_secs(2)).expect("client");
             let mut round = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let mut nodes: Vec<u64> = (1..=5).collect();
-                nodes.rotate_left((round * 2 % 5) as usize);
+                let mut all: Vec<u64> = (1..=nodes).collect();
+                all.rotate_left((round * 2 % nodes) as usize);
                 let cut = 1 + (round % 2) as usize;
-                let sides = vec![nodes[..cut].to_vec(), nodes[cut..].to_vec()];
-                for id in 1..=5 {
-                    let _ = client.inject_faults(id, 0, Duration::ZERO, sides.clone());
+                let sides = vec![all[..cut].to_vec(), all[cut..].to_vec()];
+                for id in 1..=nodes {
+                    let _ = client.inject_faults(id, drop_ppm, Duration::ZERO, sides.clone());
                 }
-                std::thread::sleep(Duration::from_millis(1200));
+                std::thread::sleep(period);
                 round += 1;
             }
         })
     };
+    (stop, handle)
+}
+
+fn many_partitions(clients: usize) {
+    let cluster = start_with_faults(5);
+    let client = cluster.client();
+    client.put(b"warmup", b"1").expect("warm-up");
+    let (stop, partitioner) = spawn_partitioner(&cluster, 0, Duration::from_millis(1200));
     let history = run_history(cluster.path(), clients, 3, Duration::from_secs(6));
     stop.store(true, Ordering::Relaxed);
     partitioner.join().expect("partitioner");
@@ -670,18 +683,24 @@ fn many_partitions_with_many_clients_stay_linearizable() {
 
 #[test]
 fn persist_with_partitions_and_an_unreliable_network() {
-    let mut cluster = start_with_faults(3);
+    // As the kvraft lab's persist-partition-unreliable test: five members,
+    // each round under changing partitions with 5% of frames lost, then
+    // every member killed with SIGKILL and restarted.
+    let mut cluster = start_with_faults(5);
     let mut all = Vec::new();
     for round in 0..3 {
         let client = cluster.client();
         faults(&cluster, &client, 50_000, 1, &[]);
+        let (stop, partitioner) = spawn_partitioner(&cluster, 50_000, Duration::from_millis(700));
         let mut history = run_history_tagged(
             cluster.path(),
             3,
             2,
-            Duration::from_secs(2),
+            Duration::from_secs(3),
             &format!("r{round}."),
         );
+        stop.store(true, Ordering::Relaxed);
+        partitioner.join().expect("partitioner");
         // Shift this round's times after the previous rounds'.
         let offset = round as u64 * 1_000_000_000_000;
         for e in &mut history {
@@ -689,10 +708,10 @@ fn persist_with_partitions_and_an_unreliable_network() {
             e.ret = e.ret.map(|r| r + offset);
         }
         all.extend(history);
-        for id in 1..=3 {
+        for id in 1..=5 {
             cluster.kill(id);
         }
-        for id in 1..=3 {
+        for id in 1..=5 {
             cluster.restart(id);
         }
     }
