@@ -142,6 +142,19 @@ fn bad_cluster_files_and_unreachable_members_get_messages_naming_them() {
         .output()
         .expect("init");
     assert!(init.status.success());
+    // Private keys are readable by their owner only; certificates by all.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |name: &str| {
+        std::fs::metadata(cluster.join(name))
+            .expect("file")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for key in ["node1.key.der", "node3.key.der", "client.key.der"] {
+        assert_eq!(mode(key), 0o600, "{key}");
+    }
+    assert_eq!(mode("node1.der"), 0o644);
     // Initialising over an existing cluster is refused.
     let again = Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .args(["cluster", "init", "--nodes", "3", "--dir"])

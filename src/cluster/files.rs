@@ -2,9 +2,13 @@
 //! `flotilla serve` and the client commands read them.
 //!
 //! ```text
-//! D/ca.der, D/ca.key.der        the cluster CA (certificate, key)
+//! D/ca.der                      the cluster CA's certificate (its key is
+//!                               not kept: no certificate can be added)
 //! D/node<N>.der, node<N>.key.der node N's certificate and key
 //! D/client.der, client.key.der  the client certificate (node id 0)
+//!
+//! Keys are written readable by their owner only (0600), every file is
+//! synced, and cluster.toml is written last.
 //! D/node<N>.toml                node N's config (serve --config)
 //! D/cluster.toml                members' addresses, for clients
 //! D/node<N>/                    node N's data
@@ -85,9 +89,32 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))
 }
 
+/// Writes a file others may read (a certificate, a config), synced.
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes)
-        .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))
+    write_synced(path, bytes, 0o644)
+}
+
+/// Writes a private key: readable by its owner only, synced.
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_synced(path, bytes, 0o600)
+}
+
+fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let fail = |e: std::io::Error| Error::Config(format!("cannot write {}: {e}", path.display()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(fail)?;
+    // `mode` applies only to a file created now.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(fail)?;
+    file.write_all(bytes).map_err(fail)?;
+    file.sync_all().map_err(fail)
 }
 
 fn free_port() -> Result<u16> {
@@ -139,7 +166,7 @@ pub fn init_cluster(nodes: u64, dir: &Path) -> Result<()> {
             .map(|c| c.to_vec())
             .unwrap_or_default();
         write(&dir.join(format!("node{id}.der")), &cert)?;
-        write(&dir.join(format!("node{id}.key.der")), &identity.key)?;
+        write_secret(&dir.join(format!("node{id}.key.der")), &identity.key)?;
         let config = NodeConfig {
             node_id: id,
             listen,
@@ -164,7 +191,7 @@ pub fn init_cluster(nodes: u64, dir: &Path) -> Result<()> {
     let client = ca.issue(0).map_err(tls)?;
     let cert = client.certs.first().map(|c| c.to_vec()).unwrap_or_default();
     write(&dir.join("client.der"), &cert)?;
-    write(&dir.join("client.key.der"), &client.key)?;
+    write_secret(&dir.join("client.key.der"), &client.key)?;
     let config = ClientConfig {
         nodes: addrs.iter().map(|(id, a)| (id.to_string(), *a)).collect(),
         ca_cert: "ca.der".into(),
@@ -172,7 +199,11 @@ pub fn init_cluster(nodes: u64, dir: &Path) -> Result<()> {
         key: "client.key.der".into(),
     };
     let text = toml::to_string(&config).map_err(|e| Error::Config(e.to_string()))?;
-    write(&dir.join("cluster.toml"), text.as_bytes())
+    // Written last: its presence marks a complete cluster directory.
+    write(&dir.join("cluster.toml"), text.as_bytes())?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::Config(format!("cannot sync {}: {e}", dir.display())))
 }
 
 /// Reads a member's config file into a builder, checking everything it names.
