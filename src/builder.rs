@@ -11,12 +11,14 @@ use flotilla_wal::{CompactionPolicy, Durability, MAX_WAL_PREALLOCATION};
 
 use crate::db::Db;
 use crate::error::{Error, Result};
+use crate::limits::WriteLimits;
 use crate::mapreduce::{fixed, Job, JobFactory, JobRegistry};
 
 /// Largest key any setting allows: 64 KiB.
 pub const MAX_KEY_BYTES: usize = 64 << 10;
-/// Largest value any setting allows: 2 MiB (a command must fit one 4 MiB frame).
-pub const MAX_VALUE_BYTES: usize = 2 << 20;
+/// Largest value any setting allows, and the largest an append may grow a
+/// value to: 2 MiB (a value must fit one 4 MiB frame).
+pub const MAX_VALUE_BYTES: usize = flotilla_engine::kv::MAX_VALUE_BYTES;
 
 /// A cluster member's certificate material, DER-encoded (as
 /// `flotilla cluster init` writes it).
@@ -57,6 +59,14 @@ pub struct DbBuilder {
 }
 
 impl DbBuilder {
+    /// The key and value limits writes are checked against.
+    pub(crate) fn write_limits(&self) -> WriteLimits {
+        WriteLimits {
+            max_key_bytes: self.max_key_bytes,
+            max_value_bytes: self.max_value_bytes,
+        }
+    }
+
     pub(crate) fn new(path: impl Into<PathBuf>) -> Self {
         DbBuilder {
             path: path.into(),

@@ -23,6 +23,7 @@ use crate::cluster::member::{deliver as member_deliver, Member, MeshTransport};
 use crate::cluster::proto::{self, Request, Response, WireError};
 use crate::cluster::sessions::SessionPool;
 use crate::error::{Error, Result};
+use crate::limits::WriteLimits;
 use crate::scan::{scan_group, scan_pages, Pair, ScanRange};
 
 /// Worker threads of a cluster member's runtime (QUIC and the group loops).
@@ -181,6 +182,7 @@ impl Db {
                 mesh.clone(),
                 settings.peers.clone(),
                 settings.request_timeout,
+                settings.write_limits(),
             ));
             let _entered = runtime.enter();
             let started = start_mesh(&settings, groups, member.clone())?;
@@ -471,16 +473,6 @@ fn unexpected(response: Response) -> WireError {
     WireError::Other(format!("unexpected response: {response:?}"))
 }
 
-/// Refuses `len` bytes of `what` beyond `max`, naming the `setting`.
-fn within_limit(what: &str, len: usize, max: usize, setting: &str) -> Result<()> {
-    if len > max {
-        return Err(Error::InvalidArgument(format!(
-            "{what} of {len} bytes is over the {max}-byte limit ({setting})"
-        )));
-    }
-    Ok(())
-}
-
 /// Wall-clock milliseconds: the clock session expiry runs on.
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -489,22 +481,8 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl AsyncDb {
-    fn check_key(&self, key: &[u8]) -> Result<()> {
-        within_limit(
-            "key",
-            key.len(),
-            self.inner.settings.max_key_bytes,
-            "max_key_bytes",
-        )
-    }
-
-    fn check_value(&self, value: &[u8]) -> Result<()> {
-        within_limit(
-            "value",
-            value.len(),
-            self.inner.settings.max_value_bytes,
-            "max_value_bytes",
-        )
+    fn limits(&self) -> WriteLimits {
+        self.inner.settings.write_limits()
     }
 
     /// Runs `attempt` until it is done or the request timeout passes,
@@ -557,9 +535,7 @@ impl AsyncDb {
     }
 
     async fn write(&self, op: WriteOp) -> Result<WriteReply> {
-        for key in op.keys() {
-            self.check_key(key)?;
-        }
+        self.limits().check(&op)?;
         let reply = match &self.inner.member {
             None => {
                 let command = Command {
@@ -589,6 +565,10 @@ impl AsyncDb {
         };
         match reply {
             WriteReply::SessionExpired => Err(Error::SessionExpired),
+            WriteReply::TooLarge { bytes } => Err(Error::InvalidArgument(format!(
+                "the value would grow to {bytes} bytes, over the {}-byte limit of a stored value",
+                kv::MAX_VALUE_BYTES
+            ))),
             WriteReply::StaleSequence { last } => Err(Error::InvalidArgument(format!(
                 "write sequence number is older than the session's last ({last})"
             ))),
@@ -637,7 +617,6 @@ impl AsyncDb {
 
     /// Sets `key` to `value`.
     pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
-        self.check_value(value.as_ref())?;
         self.write(WriteOp::Put {
             key: key.as_ref().to_vec(),
             value: value.as_ref().to_vec(),
@@ -650,25 +629,11 @@ impl AsyncDb {
     /// Later operations on a key win. The keys and values together may be
     /// as large as one value (`max_value_bytes`).
     pub async fn write_batch(&self, ops: Vec<BatchOp>) -> Result<()> {
-        let bytes: usize = ops
-            .iter()
-            .map(|op| match op {
-                BatchOp::Put { key, value } => key.len() + value.len(),
-                BatchOp::Delete { key } => key.len(),
-            })
-            .sum();
-        within_limit(
-            "batch",
-            bytes,
-            self.inner.settings.max_value_bytes,
-            "max_value_bytes; split the batch",
-        )?;
         self.write(WriteOp::Batch { ops }).await.map(|_| ())
     }
 
     /// Appends `value` to `key`'s value (an absent key counts as empty).
     pub async fn append(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
-        self.check_value(value.as_ref())?;
         self.write(WriteOp::Append {
             key: key.as_ref().to_vec(),
             value: value.as_ref().to_vec(),
@@ -695,9 +660,6 @@ impl AsyncDb {
         expected: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> Result<CasOutcome> {
-        if let Some(new) = new {
-            self.check_value(new)?;
-        }
         let reply = self
             .write(WriteOp::CompareAndSwap {
                 key: key.as_ref().to_vec(),
@@ -726,7 +688,7 @@ impl AsyncDb {
         consistency: ReadConsistency,
     ) -> Result<Option<Vec<u8>>> {
         let key = key.as_ref();
-        self.check_key(key)?;
+        self.limits().check_key(key)?;
         if let Some(member) = &self.inner.member {
             let request = Request::Get {
                 key: key.to_vec(),

@@ -23,6 +23,7 @@ mod builder;
 mod cluster;
 mod db;
 mod error;
+mod limits;
 mod mapreduce;
 mod scan;
 

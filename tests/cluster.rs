@@ -115,6 +115,35 @@ fn a_client_whose_session_was_evicted_goes_on_with_a_new_one() {
 }
 
 #[test]
+fn a_remote_clients_writes_are_held_to_the_members_limits() {
+    // The members run with the default limits: 4 KiB keys, 1 MiB values.
+    let cluster = Cluster::start(3);
+    let client = cluster.client();
+    let refused = |result: Result<(), Error>, what: &str| match result {
+        Err(Error::InvalidArgument(why)) => why,
+        other => panic!("{what}: {other:?}"),
+    };
+    let why = refused(client.put(&[b'k'; 5000], b"v"), "a 5,000-byte key");
+    assert!(why.contains("max_key_bytes"), "{why}");
+    let mib = vec![b'v'; 1 << 20];
+    let why = refused(
+        client.put(b"k", &[mib.as_slice(), b"+"].concat()),
+        "1 MiB + 1",
+    );
+    assert!(why.contains("max_value_bytes"), "{why}");
+    // Appends grow a value up to the 2 MiB a stored value may have.
+    client.append(b"k", &mib).expect("first MiB");
+    client.append(b"k", &mib).expect("second MiB");
+    let why = refused(client.append(b"k", b"+"), "an append past 2 MiB");
+    assert!(why.contains("2097153 bytes"), "{why}");
+    let value = client
+        .get(b"k", ReadConsistency::Linearizable)
+        .expect("get")
+        .expect("a value");
+    assert_eq!(value.len(), 2 << 20, "the refused append changed nothing");
+}
+
+#[test]
 fn a_scan_larger_than_a_frame_arrives_in_pages() {
     // 40 values of 200 KiB: 8 MB, twice the largest frame. Before pages the
     // member's answer could not be sent and the client retried until its

@@ -226,6 +226,10 @@ impl AsyncRemoteClient {
         let reply = self.sessions.finish(client, seq, reply)?;
         match reply {
             WriteReply::SessionExpired => Err(Error::SessionExpired),
+            WriteReply::TooLarge { bytes } => Err(Error::InvalidArgument(format!(
+                "the value would grow to {bytes} bytes, over the {}-byte limit of a stored value",
+                kv::MAX_VALUE_BYTES
+            ))),
             WriteReply::StaleSequence { last } => Err(Error::InvalidArgument(format!(
                 "stale sequence number (session at {last})"
             ))),

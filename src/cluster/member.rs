@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 use crate::cluster::proto::{self, RemoteStatus, Request, Response, WireError};
 use crate::db::now_ms;
 use crate::error::{Error, Result};
+use crate::limits::WriteLimits;
 use crate::mapreduce::cluster::ClusterJobs;
 use crate::scan::{scan_group, ScanRange, MAX_SCAN_PAGE_BYTES};
 
@@ -72,6 +73,9 @@ pub(crate) struct Member {
     pub(crate) mesh: Arc<OnceLock<Mesh>>,
     pub(crate) peers: BTreeMap<u64, SocketAddr>,
     pub(crate) request_timeout: Duration,
+    /// What a client's write may carry: checked here, as a remote client's
+    /// own process checked nothing this member can rely on.
+    limits: WriteLimits,
     faults_allowed: bool,
     /// MapReduce on this member; set once the store is open.
     pub(crate) jobs: OnceLock<Arc<ClusterJobs>>,
@@ -85,6 +89,7 @@ impl Member {
         mesh: Arc<OnceLock<Mesh>>,
         peers: BTreeMap<u64, SocketAddr>,
         request_timeout: Duration,
+        limits: WriteLimits,
     ) -> Self {
         Member {
             id,
@@ -92,6 +97,7 @@ impl Member {
             mesh,
             peers,
             request_timeout,
+            limits,
             faults_allowed: std::env::var("FLOTILLA_TEST_FAULTS").as_deref() == Ok("1"),
             jobs: OnceLock::new(),
             conns: tokio::sync::Mutex::new(BTreeMap::new()),
@@ -170,7 +176,7 @@ impl Member {
 
     async fn execute_local(&self, request: Request) -> Response {
         match request {
-            Request::Write { command } => match stamp_leader_clock(&command) {
+            Request::Write { command } => match prepare_write(&command, &self.limits) {
                 Ok(command) => Response::Write(self.wait(self.group.write(command)).await),
                 Err(e) => Response::Write(Err(e)),
             },
@@ -317,9 +323,12 @@ impl Member {
 /// that proposes a write stamps its own: a client's clock, however wrong,
 /// can then neither expire other clients' sessions nor keep its own alive.
 /// (Only the leader's proposal succeeds, so the stamp is the leader's.)
-fn stamp_leader_clock(command: &[u8]) -> std::result::Result<Vec<u8>, WireError> {
+/// Checks a client's write against the limits and stamps this member's
+/// clock on it (the leader's clock, as only the leader executes writes).
+fn prepare_write(command: &[u8], limits: &WriteLimits) -> std::result::Result<Vec<u8>, WireError> {
     let mut decoded: kv::Command = kv::command::decode(command)
         .map_err(|e| WireError::InvalidArgument(format!("malformed write command: {e}")))?;
+    limits.check(&decoded.op)?;
     decoded.now_ms = now_ms();
     Ok(kv::command::encode(&decoded))
 }

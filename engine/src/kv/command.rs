@@ -150,7 +150,19 @@ pub enum WriteReply {
         /// The session's last applied sequence number.
         last: u64,
     },
+    /// An append would have grown the value past [`MAX_VALUE_BYTES`]; it
+    /// was not applied.
+    TooLarge {
+        /// The size the value would have had.
+        bytes: u64,
+    },
 }
+
+/// Largest value the state machine stores. Clients check puts against
+/// their own (lower or equal) limit; an append is checked here, where the
+/// value it grows is known. A larger value could not travel to a remote
+/// reader in one 4 MiB frame.
+pub const MAX_VALUE_BYTES: usize = 2 << 20;
 
 /// A command that does not decode.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]

@@ -168,8 +168,18 @@ impl KvMachine {
             WriteOp::Put { value, .. } => (Some(Some(value)), WriteReply::Done),
             WriteOp::Append { value, .. } => {
                 let mut joined = current.unwrap_or_default();
-                joined.extend_from_slice(&value);
-                (Some(Some(joined)), WriteReply::Done)
+                let bytes = joined.len() + value.len();
+                if bytes > command::MAX_VALUE_BYTES {
+                    (
+                        None,
+                        WriteReply::TooLarge {
+                            bytes: bytes as u64,
+                        },
+                    )
+                } else {
+                    joined.extend_from_slice(&value);
+                    (Some(Some(joined)), WriteReply::Done)
+                }
             }
             WriteOp::Delete { .. } => (
                 Some(None),
@@ -308,6 +318,36 @@ mod tests {
         assert_eq!(data.user(b"k"), Some(&b"ab".to_vec()));
         let replies = run(&mut reloaded, &mut data, &[cmd(5, 1, append("k", "a"))]);
         assert_eq!(replies, vec![WriteReply::StaleSequence { last: 2 }]);
+    }
+
+    #[test]
+    fn an_append_past_the_largest_value_is_refused_and_changes_nothing() {
+        let mut machine = KvMachine::new(SessionLimits::default());
+        let mut data = Map::default();
+        let half = "x".repeat(command::MAX_VALUE_BYTES / 2);
+        let replies = run(
+            &mut machine,
+            &mut data,
+            &[
+                cmd(0, 0, append("k", &half)),
+                cmd(0, 0, append("k", &half)),
+                cmd(0, 0, append("k", "y")),
+            ],
+        );
+        assert_eq!(
+            replies,
+            vec![
+                WriteReply::Done,
+                WriteReply::Done,
+                WriteReply::TooLarge {
+                    bytes: command::MAX_VALUE_BYTES as u64 + 1
+                }
+            ]
+        );
+        assert_eq!(
+            data.user(b"k").map(Vec::len),
+            Some(command::MAX_VALUE_BYTES)
+        );
     }
 
     #[test]

@@ -5,6 +5,6 @@ pub mod command;
 pub mod machine;
 pub mod sessions;
 
-pub use command::{BatchOp, Command, CommandError, WriteOp, WriteReply};
+pub use command::{BatchOp, Command, CommandError, WriteOp, WriteReply, MAX_VALUE_BYTES};
 pub use machine::{AppliedBatch, CommandReply, KvMachine, KvView, KvWrite};
 pub use sessions::{Session, SessionLimits};
