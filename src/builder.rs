@@ -59,6 +59,13 @@ pub struct DbBuilder {
 }
 
 impl DbBuilder {
+    /// Whether the store is a cluster member, serving over QUIC: it has
+    /// peers, or a listen address (a one-member cluster has no peers but
+    /// still serves its clients).
+    pub(crate) fn is_member(&self) -> bool {
+        self.listen.is_some() || !self.peers.is_empty()
+    }
+
     /// The key and value limits writes are checked against.
     pub(crate) fn write_limits(&self) -> WriteLimits {
         WriteLimits {
@@ -108,7 +115,10 @@ impl DbBuilder {
         self
     }
 
-    /// The UDP address this member listens on for QUIC. Required with peers.
+    /// The UDP address this member listens on for QUIC. Required with peers;
+    /// without peers it makes a one-member cluster that serves remote
+    /// clients (TLS material is then required too). Default: none, an
+    /// embedded store with no network.
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = Some(addr);
         self
@@ -232,7 +242,7 @@ impl DbBuilder {
         if self.node_id == 0 {
             return bad("node_id 0 is reserved for clients; use 1 or more".into());
         }
-        if !self.peers.is_empty() {
+        if self.is_member() {
             if self.listen.is_none() {
                 return bad("a cluster member needs a listen address".into());
             }

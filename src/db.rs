@@ -140,25 +140,25 @@ impl Db {
 
     pub(crate) fn start(settings: DbBuilder, mut options: NodeOptions) -> Result<Db> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(if settings.peers.is_empty() {
-                1
-            } else {
+            .worker_threads(if settings.is_member() {
                 MEMBER_WORKERS
+            } else {
+                1
             })
             .thread_name("flotilla-runtime")
             .enable_all()
             .build()
             .map_err(|e| Error::Config(format!("cannot start the async runtime: {e}")))?;
-        if !settings.peers.is_empty() {
+        if settings.is_member() {
             // The group loops share the runtime that drives QUIC: a message
             // then reaches the core without a thread hand-off.
             options.runtime = Some(runtime.handle().clone());
         }
         let mesh = Arc::new(OnceLock::new());
-        let transport: Arc<dyn Transport> = if settings.peers.is_empty() {
-            Arc::new(NoNetwork)
-        } else {
+        let transport: Arc<dyn Transport> = if settings.is_member() {
             Arc::new(MeshTransport { mesh: mesh.clone() })
+        } else {
+            Arc::new(NoNetwork)
         };
         let node = Node::open(options, transport).map_err(|e| match e {
             NodeError::Storage(why) => {
@@ -171,7 +171,7 @@ impl Db {
             .next()
             .cloned()
             .ok_or_else(|| Error::Config("the node hosts no group".into()))?;
-        let member = if settings.peers.is_empty() {
+        let member = if !settings.is_member() {
             None
         } else {
             let groups: BTreeMap<u64, GroupHandle> =

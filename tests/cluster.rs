@@ -115,6 +115,23 @@ fn a_client_whose_session_was_evicted_goes_on_with_a_new_one() {
 }
 
 #[test]
+fn a_one_member_cluster_serves_its_clients() {
+    // No peers: the member still listens (it used to start without a
+    // network, so no client could ever reach it).
+    let cluster = Cluster::start(1);
+    let client = cluster.client();
+    client.put(b"solo", b"1").expect("put");
+    client.append(b"solo", b"2").expect("append");
+    assert_eq!(
+        client
+            .get(b"solo", ReadConsistency::Linearizable)
+            .expect("get"),
+        Some(b"12".to_vec())
+    );
+    assert_eq!(cluster.leader(&client), 1);
+}
+
+#[test]
 fn a_remote_clients_writes_are_held_to_the_members_limits() {
     // The members run with the default limits: 4 KiB keys, 1 MiB values.
     let cluster = Cluster::start(3);
