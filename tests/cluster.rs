@@ -640,34 +640,75 @@ fn unreliable_network_keeps_the_history_linearizable() {
 
 #[test]
 fn one_partition_minority_waits_majority_continues() {
+    // As the kvraft lab's one-partition test: the leader keeps a majority,
+    // clients of the minority member can complete neither a put nor a get
+    // while the partition lasts, the majority goes on, and the minority's
+    // requests complete once it heals, the put applied once.
     let cluster = start_with_faults(3);
     let client = cluster.client();
-    client.put(b"k", b"before").expect("put");
+    client.put(b"k", b"14").expect("put");
     let leader = cluster.leader(&client);
     let minority = (1..=3).find(|&id| id != leader).expect("a follower");
     let majority: Vec<u64> = (1..=3).filter(|&id| id != minority).collect();
     faults(&cluster, &client, 0, 0, &[majority.clone(), vec![minority]]);
-    // The majority keeps going.
-    client.put(b"k", b"during").expect("majority put");
-    // The minority cannot serve a linearizable read (it cannot reach the leader).
-    let isolated = RemoteClient::open(cluster.path(), Duration::from_secs(2)).expect("client");
+    let (_put_dir, put_client) = cluster.client_of(minority, Duration::from_secs(30));
+    let (_get_dir, get_client) = cluster.client_of(minority, Duration::from_secs(30));
+    let put_done = Arc::new(AtomicBool::new(false));
+    let get_done = Arc::new(AtomicBool::new(false));
+    let put = {
+        let done = put_done.clone();
+        std::thread::spawn(move || {
+            let result = put_client.put(b"k", b"15");
+            done.store(true, Ordering::SeqCst);
+            result
+        })
+    };
+    let get = {
+        let done = get_done.clone();
+        std::thread::spawn(move || {
+            let result = get_client.get(b"k", ReadConsistency::Linearizable);
+            done.store(true, Ordering::SeqCst);
+            result
+        })
+    };
+    // The majority keeps going meanwhile.
+    client.put(b"k", b"16").expect("majority put");
+    assert_eq!(
+        client
+            .get(b"k", ReadConsistency::Linearizable)
+            .expect("get"),
+        Some(b"16".to_vec())
+    );
+    std::thread::sleep(Duration::from_secs(1));
     assert!(
-        isolated.get_from(minority, b"k").is_err(),
-        "the minority served a read during the partition"
+        !put_done.load(Ordering::SeqCst),
+        "a put completed in the minority: {:?}",
+        put.join()
+    );
+    assert!(
+        !get_done.load(Ordering::SeqCst),
+        "a get completed in the minority: {:?}",
+        get.join()
     );
     faults(&cluster, &client, 0, 0, &[]);
-    // After healing, the minority's requests complete and see the majority's write.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match isolated.get_from(minority, b"k") {
-            Ok(value) => {
-                assert_eq!(value, Some(b"during".to_vec()));
-                break;
-            }
-            Err(e) => assert!(Instant::now() < deadline, "minority still refuses: {e}"),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    put.join()
+        .expect("put thread")
+        .expect("the minority's put completes after healing");
+    let seen = get
+        .join()
+        .expect("get thread")
+        .expect("the minority's get completes after healing");
+    assert!(
+        seen == Some(b"16".to_vec()) || seen == Some(b"15".to_vec()),
+        "{seen:?}"
+    );
+    assert_eq!(
+        client
+            .get(b"k", ReadConsistency::Linearizable)
+            .expect("get"),
+        Some(b"15".to_vec()),
+        "the minority's put was applied after the majority's"
+    );
 }
 
 /// While `clients` clients run, a new two-way split of the five members

@@ -152,6 +152,32 @@ impl Cluster {
         RemoteClient::open(self.path(), Duration::from_secs(20)).expect("client")
     }
 
+    /// A client that knows member `node` only (a cluster directory of its
+    /// own lists no other), so it sends everything there, as a client
+    /// connected to one side of a partition does. The directory lives as
+    /// long as the returned guard.
+    pub(crate) fn client_of(
+        &self,
+        node: u64,
+        timeout: Duration,
+    ) -> (tempfile::TempDir, RemoteClient) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for file in ["ca.der", "client.der", "client.key.der"] {
+            std::fs::copy(self.path().join(file), dir.path().join(file)).expect("copy");
+        }
+        let text = std::fs::read_to_string(self.path().join("cluster.toml")).expect("cluster.toml");
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|line| match line.split_once(" = ") {
+                Some((id, _)) => id.parse::<u64>().map_or(true, |id| id == node),
+                None => true,
+            })
+            .collect();
+        std::fs::write(dir.path().join("cluster.toml"), kept.join("\n")).expect("write");
+        let client = RemoteClient::open(dir.path(), timeout).expect("client");
+        (dir, client)
+    }
+
     /// The leader all answering members agree on, waiting for one.
     pub(crate) fn leader(&self, client: &RemoteClient) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(20);
