@@ -1,8 +1,12 @@
-//! The `flotilla` binary against an embedded store: output fit for scripts,
-//! exit codes, clear errors.
+//! The `flotilla` binary against an embedded store and a running cluster:
+//! output fit for scripts, exit codes, clear errors.
+
+mod support;
 
 use std::path::Path;
 use std::process::{Command, Output};
+
+use support::cluster::Cluster;
 
 fn flotilla(args: &[&str], data: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_flotilla"))
@@ -13,71 +17,82 @@ fn flotilla(args: &[&str], data: &Path) -> Output {
         .expect("run flotilla")
 }
 
-#[test]
-fn commands_print_values_alone_and_exit_one_on_a_missing_key() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("store");
-    assert!(flotilla(&["put", "fruit/apple", "red"], &data)
-        .status
-        .success());
-    assert!(flotilla(&["append", "fruit/apple", "dish"], &data)
-        .status
-        .success());
-    assert!(flotilla(&["put", "fruit/odd\tkey", "line\nbreak"], &data)
+/// The same script against any store: `run(args)` runs the binary on it.
+fn commands_print_values_alone_and_exit_one_on_a_missing_key(run: impl Fn(&[&str]) -> Output) {
+    assert!(run(&["put", "fruit/apple", "red"]).status.success());
+    assert!(run(&["append", "fruit/apple", "dish"]).status.success());
+    assert!(run(&["put", "fruit/odd\tkey", "line\nbreak"])
         .status
         .success());
 
-    let get = flotilla(&["get", "fruit/apple"], &data);
+    let get = run(&["get", "fruit/apple"]);
     assert!(get.status.success());
     assert_eq!(get.stdout, b"reddish\n");
 
-    let missing = flotilla(&["get", "fruit/pear"], &data);
+    let missing = run(&["get", "fruit/pear"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(missing.stdout.is_empty());
 
-    let scan = flotilla(&["scan", "fruit/"], &data);
+    let scan = run(&["scan", "fruit/"]);
     assert!(scan.status.success());
     assert_eq!(
         String::from_utf8_lossy(&scan.stdout),
         "fruit/apple\treddish\nfruit/odd\\tkey\tline\\nbreak\n"
     );
 
-    let swapped = flotilla(
-        &[
-            "cas",
-            "fruit/apple",
-            "--expected",
-            "reddish",
-            "--new",
-            "green",
-        ],
-        &data,
-    );
+    let swapped = run(&[
+        "cas",
+        "fruit/apple",
+        "--expected",
+        "reddish",
+        "--new",
+        "green",
+    ]);
     assert!(swapped.status.success());
     assert_eq!(swapped.stdout, b"green\n");
-    let refused = flotilla(
-        &[
-            "cas",
-            "fruit/apple",
-            "--expected",
-            "reddish",
-            "--new",
-            "blue",
-        ],
-        &data,
-    );
+    let refused = run(&[
+        "cas",
+        "fruit/apple",
+        "--expected",
+        "reddish",
+        "--new",
+        "blue",
+    ]);
     assert_eq!(refused.status.code(), Some(1));
     assert_eq!(refused.stdout, b"green\n");
 
-    assert!(flotilla(&["delete", "fruit/apple"], &data).status.success());
-    assert_eq!(
-        flotilla(&["delete", "fruit/apple"], &data).status.code(),
-        Some(1)
-    );
+    assert!(run(&["delete", "fruit/apple"]).status.success());
+    assert_eq!(run(&["delete", "fruit/apple"]).status.code(), Some(1));
 
-    let status = flotilla(&["status"], &data);
+    let status = run(&["status"]);
     assert!(status.status.success());
     assert!(String::from_utf8_lossy(&status.stdout).contains("role Leader"));
+}
+
+#[test]
+fn commands_on_an_embedded_store_print_values_alone_and_exit_one_on_a_missing_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("store");
+    commands_print_values_alone_and_exit_one_on_a_missing_key(|args| flotilla(args, &data));
+}
+
+#[test]
+fn commands_on_a_cluster_print_values_alone_and_exit_one_on_a_missing_key() {
+    let cluster = Cluster::start(3);
+    commands_print_values_alone_and_exit_one_on_a_missing_key(|args| {
+        flotilla_cluster(args, cluster.path())
+    });
+    // Bytes that are not UTF-8 (written through the library) are escaped.
+    cluster
+        .client()
+        .put(b"raw/\xff\x01", b"\xfe ok")
+        .expect("put");
+    let scan = flotilla_cluster(&["scan", "raw/"], cluster.path());
+    assert!(scan.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&scan.stdout),
+        "raw/\\xff\\x01\t\\xfe ok\n"
+    );
 }
 
 #[test]
