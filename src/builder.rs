@@ -9,6 +9,8 @@ use flotilla_engine::kv::SessionLimits;
 use flotilla_engine::node::{NodeOptions, ReadConsistency};
 use flotilla_wal::{CompactionPolicy, Durability, MAX_WAL_PREALLOCATION};
 
+use rustls_pki_types::CertificateDer;
+
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::limits::WriteLimits;
@@ -30,6 +32,22 @@ pub struct ClusterTls {
     pub cert: Vec<u8>,
     /// This node's private key (PKCS#8).
     pub key: Vec<u8>,
+}
+
+impl ClusterTls {
+    /// Whether this material can serve as node `node`: the certificate is
+    /// the node's, under the CA, valid now, and the key is its key.
+    pub(crate) fn check(&self, node: u64) -> std::result::Result<(), flotilla_net::NetError> {
+        let identity = flotilla_net::Identity {
+            certs: vec![CertificateDer::from(self.cert.clone())],
+            key: self.key.clone(),
+        };
+        flotilla_net::tls::check_identity(
+            node,
+            &identity,
+            &CertificateDer::from(self.ca_cert.clone()),
+        )
+    }
 }
 
 impl std::fmt::Debug for ClusterTls {
@@ -246,9 +264,15 @@ impl DbBuilder {
             if self.listen.is_none() {
                 return bad("a cluster member needs a listen address".into());
             }
-            if self.tls.is_none() {
+            let Some(tls) = &self.tls else {
                 return bad("a cluster member needs TLS material (CA certificate, node certificate and key)".into());
-            }
+            };
+            tls.check(self.node_id).map_err(|e| {
+                Error::Config(format!(
+                    "the TLS material cannot serve as node {}: {e}",
+                    self.node_id
+                ))
+            })?;
             if self.peers.contains_key(&self.node_id) || self.peers.contains_key(&0) {
                 return bad(format!(
                     "peer ids must be above 0 and differ from this node's id {}",

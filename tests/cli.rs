@@ -210,6 +210,60 @@ fn bad_cluster_files_and_unreachable_members_get_messages_naming_them() {
         stderr.contains("oversized.toml") && stderr.contains("wal_preallocation_mib"),
         "{stderr}"
     );
+    // Certificates that cannot serve as the node are refused before the
+    // store opens, naming the files: another node's certificate and key, and
+    // a certificate from another cluster's CA.
+    let as_node2 = cluster.join("as-node2.toml");
+    std::fs::write(
+        &as_node2,
+        node1
+            .replace("cert = \"node1.der\"", "cert = \"node2.der\"")
+            .replace("key = \"node1.key.der\"", "key = \"node2.key.der\""),
+    )
+    .expect("write");
+    let out = serve(&as_node2);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("as-node2.toml")
+            && stderr.contains("node2.der")
+            && stderr.contains("node-1.flotilla"),
+        "{stderr}"
+    );
+    let other = dir.path().join("other");
+    let init_other = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["cluster", "init", "--nodes", "1", "--dir"])
+        .arg(&other)
+        .output()
+        .expect("init");
+    assert!(init_other.status.success());
+    let foreign = cluster.join("foreign.toml");
+    let foreign_cert = other.join("node1.der");
+    let foreign_key = other.join("node1.key.der");
+    std::fs::write(
+        &foreign,
+        node1
+            .replace(
+                "cert = \"node1.der\"",
+                &format!("cert = {:?}", foreign_cert.display().to_string()),
+            )
+            .replace(
+                "key = \"node1.key.der\"",
+                &format!("key = {:?}", foreign_key.display().to_string()),
+            ),
+    )
+    .expect("write");
+    let out = serve(&foreign);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("foreign.toml") && stderr.contains("not valid under this cluster's CA"),
+        "{stderr}"
+    );
+    assert!(
+        !cluster.join("node1").exists(),
+        "nothing was opened or created for a refused configuration"
+    );
     // A missing certificate names the certificate file.
     std::fs::remove_file(cluster.join("node1.der")).expect("remove");
     let out = serve(&cluster.join("node1.toml"));

@@ -146,6 +146,40 @@ pub(crate) fn client_config(
     Ok(config)
 }
 
+/// Checks, before anything starts, that `identity` can serve as node `node`
+/// of the cluster whose CA certificate is `ca`: both parse, the key belongs
+/// to the certificate, the certificate chains to the CA and is valid now,
+/// and it names the node. Otherwise the node would start and every peer
+/// would refuse it, which shows only in their logs.
+pub fn check_identity(
+    node: u64,
+    identity: &Identity,
+    ca: &CertificateDer<'static>,
+) -> Result<(), NetError> {
+    server_config(identity, ca)?;
+    let (leaf, chain) = identity
+        .certs
+        .split_first()
+        .ok_or_else(|| NetError::Tls("no certificate".into()))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider())
+        .build()
+        .map_err(|e| NetError::Tls(format!("client verifier: {e}")))?;
+    verifier
+        .verify_client_cert(leaf, chain, rustls_pki_types::UnixTime::now())
+        .map_err(|e| {
+            NetError::Tls(format!(
+                "the certificate is not valid under this cluster's CA: {e}"
+            ))
+        })?;
+    if !names_node(leaf, node) {
+        return Err(NetError::Tls(format!(
+            "the certificate is not node {node}'s: it does not name {}",
+            node_name(node)
+        )));
+    }
+    Ok(())
+}
+
 /// Whether `cert` (already verified against the cluster CA during the
 /// handshake) names node `node`.
 pub(crate) fn names_node(cert: &CertificateDer<'_>, node: u64) -> bool {
@@ -156,4 +190,50 @@ pub(crate) fn names_node(cert: &CertificateDer<'_>, node: u64) -> bool {
         return false;
     };
     parsed.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_nodes_own_certificate_and_key_under_the_cluster_ca_pass() {
+        let ca = ClusterCa::generate("test").expect("ca");
+        let node1 = ca.issue(1).expect("node 1");
+        assert!(check_identity(1, &node1, &ca.cert()).is_ok());
+
+        let err = check_identity(2, &node1, &ca.cert()).expect_err("node 1's as node 2");
+        assert!(err.to_string().contains("node-2.flotilla"), "{err}");
+
+        let other = ClusterCa::generate("other").expect("ca");
+        let foreign = other.issue(1).expect("foreign node 1");
+        let err = check_identity(1, &foreign, &ca.cert()).expect_err("another CA's");
+        assert!(
+            err.to_string()
+                .contains("not valid under this cluster's CA"),
+            "{err}"
+        );
+
+        let node2 = ca.issue(2).expect("node 2");
+        let mismatched = Identity {
+            certs: node1.certs.clone(),
+            key: node2.key.clone(),
+        };
+        assert!(
+            check_identity(1, &mismatched, &ca.cert()).is_err(),
+            "another key"
+        );
+
+        let expired = ca.issue_valid(1, (2001, 1, 1), (2002, 1, 1)).expect("old");
+        assert!(check_identity(1, &expired, &ca.cert()).is_err(), "expired");
+
+        let garbage = Identity {
+            certs: vec![CertificateDer::from(vec![1, 2, 3])],
+            key: node1.key.clone(),
+        };
+        assert!(
+            check_identity(1, &garbage, &ca.cert()).is_err(),
+            "not a certificate"
+        );
+    }
 }

@@ -231,6 +231,16 @@ pub fn load_node(file: &Path) -> Result<DbBuilder> {
         cert: read(&base.join(&config.cert))?,
         key: read(&base.join(&config.key))?,
     };
+    tls.check(config.node_id).map_err(|e| {
+        Error::Config(format!(
+            "{}: certificate {} and key {} (CA {}) cannot serve as node {}: {e}",
+            file.display(),
+            base.join(&config.cert).display(),
+            base.join(&config.key).display(),
+            base.join(&config.ca_cert).display(),
+            config.node_id
+        ))
+    })?;
     let mut compaction = crate::CompactionPolicy::default();
     if let Some(entries) = config.max_log_entries {
         compaction.max_log_entries = entries;
