@@ -132,6 +132,39 @@ fn a_one_member_cluster_serves_its_clients() {
 }
 
 #[test]
+fn a_member_reports_peers_it_cannot_reach_and_their_return() {
+    let mut cluster = Cluster::start(3);
+    let client = cluster.client();
+    client.put(b"k", b"v").expect("put");
+    cluster.kill(2);
+    cluster.kill(3);
+    let dir = cluster.path().to_path_buf();
+    let log =
+        |id: u64| std::fs::read_to_string(dir.join(format!("node{id}.log"))).unwrap_or_default();
+    let wait_for = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !log(1).contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "node 1 never logged {what:?}:\n{}",
+                log(1)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("peer unreachable");
+    assert!(
+        log(1)
+            .lines()
+            .any(|l| l.contains("peer unreachable") && l.contains("peer=2")),
+        "node 1 names the peer:\n{}",
+        log(1)
+    );
+    cluster.restart(2);
+    wait_for("peer reachable again");
+}
+
+#[test]
 fn a_remote_clients_writes_are_held_to_the_members_limits() {
     // The members run with the default limits: 4 KiB keys, 1 MiB values.
     let cluster = Cluster::start(3);

@@ -18,10 +18,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::endpoint::{Node, PeerConnection};
 use crate::fault::Faults;
@@ -32,6 +32,12 @@ use crate::NetError;
 pub const DEFAULT_QUEUE_FRAMES: usize = 4096;
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A peer unreachable this long is reported as a warning (a member that is
+/// down, a wrong address or certificate), and again every
+/// [`UNREACHABLE_REPEAT`] while it lasts; shorter outages (a restart) are
+/// logged at debug only.
+const UNREACHABLE_WARN_AFTER: Duration = Duration::from_secs(5);
+const UNREACHABLE_REPEAT: Duration = Duration::from_secs(60);
 
 /// Called with (peer id, kind, payload) for every frame a peer sends.
 pub type Deliver = Arc<dyn Fn(u64, FrameKind, Vec<u8>) + Send + Sync>;
@@ -162,6 +168,34 @@ impl Drop for Mesh {
     }
 }
 
+/// How long a peer has been unreachable, and when that was last reported.
+#[derive(Default)]
+struct Outage {
+    since: Option<Instant>,
+    warned: Option<Instant>,
+}
+
+impl Outage {
+    /// A connect failed: how long the outage has lasted, if it is time to
+    /// warn about it.
+    fn failed(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        let lasted = now - *self.since.get_or_insert(now);
+        let due = lasted >= UNREACHABLE_WARN_AFTER
+            && self.warned.is_none_or(|at| now - at >= UNREACHABLE_REPEAT);
+        if due {
+            self.warned = Some(now);
+        }
+        due.then_some(lasted)
+    }
+
+    /// A connect succeeded: how long the outage lasted, if it was warned about.
+    fn ended(&mut self) -> Option<Duration> {
+        let since = self.since.take();
+        self.warned.take().and(since).map(|since| since.elapsed())
+    }
+}
+
 /// Keeps one peer connected and drains its two queues into two streams.
 async fn run_link(
     node: Arc<Node>,
@@ -173,11 +207,20 @@ async fn run_link(
     reconnect: Arc<Notify>,
 ) {
     let mut backoff = BACKOFF_MIN;
+    let mut outage = Outage::default();
     while !*stopped.borrow() {
         let conn = match node.connect(peer, addr).await {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                if let Some(lasted) = outage.ended() {
+                    info!(peer, %addr, "peer reachable again after {lasted:?}");
+                }
+                conn
+            }
             Err(e) => {
                 debug!(peer, %addr, "connect failed, retrying in {backoff:?}: {e}");
+                if let Some(lasted) = outage.failed() {
+                    warn!(peer, %addr, "peer unreachable for {lasted:?}, still retrying: {e}");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stopped.changed() => return,
