@@ -597,6 +597,16 @@ impl AsyncDb {
         })
         .instrument(debug_span!("write", client, seq))
         .await
+        // Retried until the timeout: an attempt may sit in a leader's log
+        // (one that stepped down answers NotLeader for it), so the write
+        // may still be applied, whatever the last refusal said.
+        .map_err(|e| {
+            if e.is_retryable() {
+                Error::Timeout(self.inner.settings.request_timeout)
+            } else {
+                e
+            }
+        })
     }
 
     /// Sends `request` through the member (which forwards it to the leader),

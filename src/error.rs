@@ -18,7 +18,9 @@ pub enum Error {
         leader: Option<u64>,
     },
     /// No answer within the request timeout. Retryable; a write that timed
-    /// out may still be applied (exactly once, if retried with the same `Db`).
+    /// out may still be applied, once (the handle resent it with the same
+    /// session number while it waited). Sending it again is a new write: for
+    /// an append or a compare-and-swap, read first whether it took effect.
     #[error("no answer within {0:?}; the request may still complete, retry to find out")]
     Timeout(Duration),
     /// Too much work queued. Retryable after a short back-off.

@@ -141,27 +141,43 @@ fn a_member_reports_peers_it_cannot_reach_and_their_return() {
     let dir = cluster.path().to_path_buf();
     let log =
         |id: u64| std::fs::read_to_string(dir.join(format!("node{id}.log"))).unwrap_or_default();
-    let wait_for = |what: &str| {
+    let wait_for = |what: &str, peer: &str| {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !log(1).contains(what) {
+        while !log(1)
+            .lines()
+            .any(|line| line.contains(what) && line.contains(peer))
+        {
             assert!(
                 Instant::now() < deadline,
-                "node 1 never logged {what:?}:\n{}",
+                "node 1 never logged {what:?} naming {peer}:\n{}",
                 log(1)
             );
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    wait_for("peer unreachable");
-    assert!(
-        log(1)
-            .lines()
-            .any(|l| l.contains("peer unreachable") && l.contains("peer=2")),
-        "node 1 names the peer:\n{}",
-        log(1)
-    );
+    wait_for("peer unreachable", "peer=2");
+    wait_for("peer unreachable", "peer=3");
     cluster.restart(2);
-    wait_for("peer reachable again");
+    wait_for("peer reachable again", "peer=2");
+}
+
+#[test]
+fn a_write_the_leader_took_but_could_not_commit_is_reported_as_maybe_applied() {
+    let mut cluster = Cluster::start(3);
+    let client = cluster.client();
+    client.put(b"k", b"1").expect("put");
+    let leader = cluster.leader(&client);
+    for id in (1..=3).filter(|&id| id != leader) {
+        cluster.kill(id);
+    }
+    // The leader holds the write in its log and cannot commit it: the
+    // client must not report "are the members running?" but a timeout,
+    // which says the write may still be applied.
+    let (_dir, short) = cluster.client_of(leader, Duration::from_secs(2));
+    match short.put(b"k", b"2") {
+        Err(Error::Timeout(_)) => {}
+        other => panic!("expected a timeout: {other:?}"),
+    }
 }
 
 #[test]

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -116,6 +117,19 @@ impl AsyncRemoteClient {
     }
 
     async fn send_to(&self, node: u64, request: &Request) -> Result<Response> {
+        self.send_noting(node, request, &AtomicBool::new(false))
+            .await
+    }
+
+    /// As `send_to`, setting `sent` once the request goes out on a
+    /// connection: from then on, a write may be applied even if no answer
+    /// comes back.
+    async fn send_noting(
+        &self,
+        node: u64,
+        request: &Request,
+        sent: &AtomicBool,
+    ) -> Result<Response> {
         // A member that is down must not hold the client for the whole
         // handshake timeout: try the next one soon.
         let addr = self.address(node)?;
@@ -126,6 +140,7 @@ impl AsyncRemoteClient {
                     "node {node} at {addr} did not answer within {CONNECT_TIMEOUT:?}"
                 ))
             })??;
+        sent.store(true, Ordering::Relaxed);
         match conn.request(proto::encode(request)).await {
             Ok(bytes) => proto::decode(&bytes),
             Err(e) => {
@@ -147,9 +162,12 @@ impl AsyncRemoteClient {
         let mut next = 0usize;
         let mut backoff = Duration::from_millis(5);
         let mut last_error = Error::Unavailable("no member answered".into());
-        // Until some member answered, a timeout means nothing was sent:
-        // report the members as unreachable rather than "may complete".
+        // Until some member answered, and while no write went out on a
+        // connection, a timeout means nothing was done: report the members
+        // as unreachable rather than "may complete".
         let mut answered = false;
+        let write_sent = AtomicBool::new(false);
+        let is_write = matches!(request, Request::Write { .. });
         while tokio::time::Instant::now() < deadline {
             let target = self
                 .leader
@@ -157,7 +175,9 @@ impl AsyncRemoteClient {
                 .ok()
                 .and_then(|l| *l)
                 .unwrap_or_else(|| ids[next % ids.len()]);
-            let attempt = tokio::time::timeout_at(deadline, self.send_to(target, &request)).await;
+            let attempt =
+                tokio::time::timeout_at(deadline, self.send_noting(target, &request, &write_sent))
+                    .await;
             let mut served_by = None;
             let result = match attempt {
                 Err(_) if !answered => {
@@ -202,6 +222,12 @@ impl AsyncRemoteClient {
             }
         }
         Err(match last_error {
+            // A write that went out may sit in a leader's log (one that
+            // stepped down answers NotLeader for it): it may still be
+            // applied, whatever the last refusal said.
+            e if e.is_retryable() && is_write && write_sent.load(Ordering::Relaxed) => {
+                Error::Timeout(self.timeout)
+            }
             Error::Unavailable(why) if !answered => Error::Unavailable(format!(
                 "no member answered within {:?} (last: {why}); are the members running?",
                 self.timeout
