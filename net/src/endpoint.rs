@@ -46,6 +46,21 @@ pub const MAX_CONCURRENT_REQUESTS: u32 = 4096;
 /// Close code for a refused peer.
 const REFUSED: u32 = 1;
 
+/// Whether a connection ended because one side refused the other's
+/// certificate: a TLS alert during the handshake (the crypto error codes,
+/// 0x100–0x1ff), or our server's `REFUSED` close after it.
+fn is_certificate_refusal(error: &quinn::ConnectionError) -> bool {
+    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match error {
+        quinn::ConnectionError::TransportError(e) => crypto(e.code),
+        quinn::ConnectionError::ConnectionClosed(close) => crypto(close.error_code),
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            close.error_code == quinn::VarInt::from_u32(REFUSED)
+        }
+        _ => false,
+    }
+}
+
 /// A node's endpoint.
 pub struct Node {
     id: u64,
@@ -121,10 +136,21 @@ impl Node {
             .endpoint
             .connect_with(self.client.clone(), addr, &tls::node_name(peer))
             .map_err(|e| fail(e.to_string()))?;
+        let rejected = |why: String| NetError::Rejected {
+            node: peer,
+            addr,
+            why,
+        };
         let conn = tokio::time::timeout(HELLO_TIMEOUT, connecting)
             .await
             .map_err(|_| fail("handshake timed out".into()))?
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| {
+                if is_certificate_refusal(&e) {
+                    rejected(e.to_string())
+                } else {
+                    fail(e.to_string())
+                }
+            })?;
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| fail(e.to_string()))?;
             let mut payload = self.id.to_be_bytes().to_vec();
@@ -141,9 +167,17 @@ impl Node {
                 Err(e) => Err(fail(format!("refused by the peer: {e}"))),
             }
         };
-        tokio::time::timeout(HELLO_TIMEOUT, exchange)
+        let answered = tokio::time::timeout(HELLO_TIMEOUT, exchange)
             .await
-            .map_err(|_| fail("no answer to hello".into()))??;
+            .map_err(|_| fail("no answer to hello".into()))
+            .and_then(|r| r);
+        if let Err(e) = answered {
+            // The server closes a connection it refuses with REFUSED, saying why.
+            return Err(match conn.close_reason() {
+                Some(reason) if is_certificate_refusal(&reason) => rejected(reason.to_string()),
+                _ => e,
+            });
+        }
         Ok(PeerConnection {
             peer,
             incarnation: 0,

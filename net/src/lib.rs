@@ -40,6 +40,18 @@ pub enum NetError {
         /// Why.
         why: String,
     },
+    /// The peer answered and refused us, or we refused its certificate: a
+    /// certificate from another cluster, one that names another node, an
+    /// expired one. Retrying cannot help; the certificates must be fixed.
+    #[error("node {node} at {addr} and this node do not accept each other's certificates: {why}")]
+    Rejected {
+        /// The node.
+        node: u64,
+        /// Its address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        why: String,
+    },
     /// Connecting to a peer failed.
     #[error("cannot connect to node {node} at {addr}: {why}")]
     Connect {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_engine::kv::{self, Command, WriteOp, WriteReply};
-use flotilla_net::{Identity, Node as NetNode, PeerConnection};
+use flotilla_net::{Identity, NetError, Node as NetNode, PeerConnection};
 use rustls_pki_types::CertificateDer;
 
 use crate::cluster::files::load_client;
@@ -108,7 +108,13 @@ impl AsyncRemoteClient {
             self.endpoint
                 .connect(node, addr)
                 .await
-                .map_err(|e| Error::Unavailable(e.to_string()))?,
+                .map_err(|e| match e {
+                    // Retrying cannot fix certificates: say so at once.
+                    NetError::Rejected { .. } => Error::Config(format!(
+                        "{e}; check the certificates in this client's cluster directory"
+                    )),
+                    other => Error::Unavailable(other.to_string()),
+                })?,
         );
         if let Ok(mut conns) = self.conns.lock() {
             conns.insert(node, conn.clone());
