@@ -107,8 +107,9 @@ struct ShardCursor {
 }
 
 impl ShardCursor {
-    /// Reads the shard's next chunk if nothing is buffered.
-    fn fill(&mut self, group: &GroupHandle) -> Result<()> {
+    /// Reads the shard's next chunk, at most `max_pairs`, if nothing is
+    /// buffered.
+    fn fill(&mut self, group: &GroupHandle, max_pairs: usize) -> Result<()> {
         if self.buffered.is_empty() && !self.exhausted {
             let (mut pairs, mut bytes) = (0, 0);
             let mut last = None;
@@ -122,13 +123,13 @@ impl ShardCursor {
                     last = Some(inner.to_vec());
                     pairs += 1;
                     bytes += inner.len() + value.len();
-                    pairs < SHARD_CHUNK_PAIRS && bytes < SHARD_CHUNK_BYTES
+                    pairs < max_pairs && bytes < SHARD_CHUNK_BYTES
                 })
                 .map_err(|e| Error::Storage(e.to_string()))?;
             match last {
                 // The chunk stopped early, or reached the end exactly: read
                 // on after its last key (the next read finds nothing then).
-                Some(mut after) if pairs >= SHARD_CHUNK_PAIRS || bytes >= SHARD_CHUNK_BYTES => {
+                Some(mut after) if pairs >= max_pairs || bytes >= SHARD_CHUNK_BYTES => {
                     after.push(0);
                     self.from = after;
                 }
@@ -191,9 +192,12 @@ pub(crate) fn scan_group(
         .collect();
     let mut page = ScanPage::default();
     let mut bytes = 0usize;
+    // No shard gives more than the limit, and one more pair tells whether
+    // the range goes on: a small scan reads little.
+    let chunk = SHARD_CHUNK_PAIRS.min(limit.saturating_add(1));
     loop {
         for cursor in &mut cursors {
-            cursor.fill(group)?;
+            cursor.fill(group, chunk)?;
         }
         // The shard whose next key is smallest: keys hash to shards, so
         // every shard holds part of any range.
