@@ -78,7 +78,7 @@ fn commands_on_an_embedded_store_print_values_alone_and_exit_one_on_a_missing_ke
 
 #[test]
 fn commands_on_a_cluster_print_values_alone_and_exit_one_on_a_missing_key() {
-    let cluster = Cluster::start(3);
+    let mut cluster = Cluster::start(3);
     commands_print_values_alone_and_exit_one_on_a_missing_key(|args| {
         flotilla_cluster(args, cluster.path())
     });
@@ -93,6 +93,18 @@ fn commands_on_a_cluster_print_values_alone_and_exit_one_on_a_missing_key() {
         String::from_utf8_lossy(&scan.stdout),
         "raw/\\xff\\x01\t\\xfe ok\n"
     );
+    // A member down: status still prints the others, names the missing
+    // one on stderr and fails (2), unlike a missing key (1).
+    cluster.kill(2);
+    let status = flotilla_cluster(&["status", "--timeout-secs", "2"], cluster.path());
+    assert_eq!(status.status.code(), Some(2));
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        stdout.contains("node 1 ") && stdout.contains("node 3 "),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert!(stderr.contains("node 2 unreachable"), "{stderr}");
 }
 
 #[test]
@@ -106,6 +118,26 @@ fn a_path_that_is_not_a_store_fails_with_a_message_naming_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("plain-file"), "{stderr}");
     assert!(stderr.contains("not a flotilla store"), "{stderr}");
+    // A path with nothing there is not taken for an empty store by the
+    // commands that only read or remove what exists; put creates one.
+    let typo = dir.path().join("typo");
+    for args in [
+        &["get", "k"][..],
+        &["scan", "k"],
+        &["delete", "k"],
+        &["status"],
+    ] {
+        let out = flotilla(args, &typo);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("no store at") && stderr.contains("typo"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!typo.exists(), "{args:?} created a store");
+    }
+    assert!(flotilla(&["put", "k", "v"], &typo).status.success());
+    assert_eq!(flotilla(&["get", "k"], &typo).stdout, b"v\n");
 }
 
 #[test]

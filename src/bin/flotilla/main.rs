@@ -39,7 +39,8 @@ struct Cli {
 /// Where the store is.
 #[derive(Args, Clone, Debug)]
 pub(crate) struct Target {
-    /// An embedded single-node store in this directory (created if absent).
+    /// An embedded single-node store in this directory (put, append, cas
+    /// and import create it; get, scan, delete and status need it to exist).
     #[arg(
         long,
         value_name = "PATH",
@@ -225,6 +226,21 @@ impl Store {
     }
 }
 
+/// Opens the store of a command that only reads or removes what exists
+/// (get, scan, delete, status): a `--data` path with no store is an error,
+/// not a new empty store (a mistyped path would answer "missing").
+fn open_existing(target: &Target) -> Result<Store, String> {
+    if let Some(data) = &target.data {
+        if !data.exists() {
+            return Err(format!(
+                "no store at {}; put, append or import creates one",
+                data.display()
+            ));
+        }
+    }
+    open(target)
+}
+
 fn open(target: &Target) -> Result<Store, String> {
     let timeout = std::time::Duration::from_secs(target.timeout_secs.max(1));
     if let Some(dir) = &target.cluster {
@@ -335,12 +351,17 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 .append(bytes(&key), bytes(&value))
                 .map_err(failed)?;
         }
-        Command::Get { key, target } => match open(&target)?.get(bytes(&key)).map_err(failed)? {
-            Some(value) => print(&value)?,
-            None => return Ok(ExitCode::from(1)),
-        },
+        Command::Get { key, target } => {
+            match open_existing(&target)?.get(bytes(&key)).map_err(failed)? {
+                Some(value) => print(&value)?,
+                None => return Ok(ExitCode::from(1)),
+            }
+        }
         Command::Delete { key, target } => {
-            if !open(&target)?.delete(bytes(&key)).map_err(failed)? {
+            if !open_existing(&target)?
+                .delete(bytes(&key))
+                .map_err(failed)?
+            {
                 return Ok(ExitCode::from(1));
             }
         }
@@ -357,7 +378,10 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 (None, Some(start)) => ScanRange::range(bytes(&start), end),
                 (None, None) => ScanRange::range(Vec::new(), end),
             };
-            for (key, value) in open(&target)?.scan(&range, limit).map_err(failed)? {
+            for (key, value) in open_existing(&target)?
+                .scan(&range, limit)
+                .map_err(failed)?
+            {
                 let line = format!("{}\t{}", escape::escape(&key), escape::escape(&value));
                 print(line.as_bytes())?;
             }
@@ -384,7 +408,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
             }
         }
         Command::Status { target } => {
-            let store = open(&target)?;
+            let store = open_existing(&target)?;
             let status = match store {
                 Store::Local(db) => db.status().map_err(failed)?,
                 Store::Remote(client, _) => {
@@ -402,14 +426,16 @@ fn run(command: Command) -> Result<ExitCode, String> {
                             }
                             Err(e) => {
                                 all_answered = false;
-                                println!("node {node} unreachable: {e}");
+                                eprintln!("flotilla: node {node} unreachable: {e}");
                             }
                         }
                     }
+                    // A member down is a failure (2), not an answer such as
+                    // "missing" (1); the others' lines are printed still.
                     return Ok(if all_answered {
                         ExitCode::SUCCESS
                     } else {
-                        ExitCode::from(1)
+                        ExitCode::from(2)
                     });
                 }
             };
