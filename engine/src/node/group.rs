@@ -29,7 +29,7 @@ use crate::node::request::{Event, GroupStatus, NodeError, ReadConsistency, Reply
 use crate::node::Transport;
 use crate::raft::core::{RaftCore, Role};
 use crate::raft::error::ProposeError;
-use crate::raft::message::SnapshotMeta;
+use crate::raft::message::{Message, SnapshotMeta};
 use crate::raft::ready::{PersistRequest, ReadState, StagedChunk};
 use crate::raft::step::RefusedMessage;
 
@@ -60,9 +60,17 @@ pub(crate) enum Done {
 }
 
 /// What woke the loop.
+/// What a group loop reads: its callers' requests, and its peers'
+/// messages on a queue of their own.
+pub(crate) struct GroupQueues {
+    pub(crate) inbox: mpsc::Receiver<Event>,
+    pub(crate) peer_messages: mpsc::Receiver<Message>,
+}
+
 enum Wake {
     Shutdown,
     Done(Option<Done>),
+    Message(Option<Message>),
     Event(Option<Event>),
     Tick,
 }
@@ -79,6 +87,8 @@ pub(crate) struct GroupLoop {
     pub(crate) snapshots: RocksSnapshotStore,
     pub(crate) applier: Applier,
     pub(crate) inbox: mpsc::Receiver<Event>,
+    /// Peers' Raft messages, ahead of the inbox.
+    peer_messages: mpsc::Receiver<Message>,
     pub(crate) shutdown: Arc<Notify>,
     pub(crate) done_tx: mpsc::UnboundedSender<Done>,
     pub(crate) done_rx: mpsc::UnboundedReceiver<Done>,
@@ -102,7 +112,7 @@ impl GroupLoop {
         core: RaftCore,
         log: Arc<RocksLogStore>,
         applier: Applier,
-        inbox: mpsc::Receiver<Event>,
+        queues: GroupQueues,
         transport: Arc<dyn Transport>,
         policy: CompactionPolicy,
         chunk_bytes: u64,
@@ -115,7 +125,8 @@ impl GroupLoop {
             core,
             group,
             log,
-            inbox,
+            inbox: queues.inbox,
+            peer_messages: queues.peer_messages,
             shutdown: Arc::new(Notify::new()),
             done_tx,
             done_rx,
@@ -181,6 +192,7 @@ impl GroupLoop {
                 biased;
                 _ = shutdown.notified() => Wake::Shutdown,
                 done = self.done_rx.recv() => Wake::Done(done),
+                msg = self.peer_messages.recv() => Wake::Message(msg),
                 event = self.inbox.recv() => Wake::Event(event),
                 _ = &mut tick => Wake::Tick,
             };
@@ -190,14 +202,20 @@ impl GroupLoop {
                 tick.as_mut().reset(next_tick);
             }
             match wake {
-                Wake::Shutdown | Wake::Event(None) => break,
+                // Both queues close when the last handle goes.
+                Wake::Shutdown | Wake::Event(None) | Wake::Message(None) => break,
                 Wake::Done(Some(done)) => self.on_done(done),
+                Wake::Message(Some(msg)) => self.on_message(msg),
                 Wake::Event(Some(event)) => self.on_event(event),
                 Wake::Done(None) | Wake::Tick => {}
             }
             for _ in 0..MAX_EVENTS_PER_ROUND {
                 if let Ok(done) = self.done_rx.try_recv() {
                     self.on_done(done);
+                    continue;
+                }
+                if let Ok(msg) = self.peer_messages.try_recv() {
+                    self.on_message(msg);
                     continue;
                 }
                 match self.inbox.try_recv() {
@@ -222,6 +240,16 @@ impl GroupLoop {
         }
     }
 
+    fn on_message(&mut self, msg: Message) {
+        match self.core.step(msg) {
+            Ok(()) => {}
+            Err(e @ RefusedMessage::Malformed { .. }) => {
+                warn!(group = self.group, "dropped a message: {e}");
+            }
+            Err(e) => debug!(group = self.group, "dropped a message: {e}"),
+        }
+    }
+
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Write { command, reply } => self.on_write(command, reply),
@@ -230,13 +258,6 @@ impl GroupLoop {
                 key,
                 reply,
             } => self.on_read(consistency, key, reply),
-            Event::Message(msg) => match self.core.step(msg) {
-                Ok(()) => {}
-                Err(e @ RefusedMessage::Malformed { .. }) => {
-                    warn!(group = self.group, "dropped a message: {e}");
-                }
-                Err(e) => debug!(group = self.group, "dropped a message: {e}"),
-            },
             Event::Status(reply) => {
                 let status = GroupStatus {
                     raft: self.core.status(),

@@ -39,7 +39,7 @@ pub use request::{GroupStatus, NodeError, ReadConsistency};
 
 use crate::kv::{SessionLimits, WriteReply};
 use crate::node::apply::Applier;
-use crate::node::group::GroupLoop;
+use crate::node::group::{GroupLoop, GroupQueues};
 use crate::node::request::Event;
 use crate::raft::config::Config;
 use crate::raft::core::{RaftCore, RestoreState};
@@ -130,11 +130,16 @@ pub fn runtime_raft_config(id: NodeId) -> Config {
     config
 }
 
+/// Messages from peers a group holds before it drops more (Raft retries):
+/// as many as the mesh queues for one peer.
+pub const PEER_QUEUE_MESSAGES: usize = 4096;
+
 /// A handle on one group of a running node. Cheap to clone.
 #[derive(Clone)]
 pub struct GroupHandle {
     group: GroupId,
     tx: Sender<Event>,
+    peer_tx: Sender<Message>,
     data: GroupData,
 }
 
@@ -195,11 +200,15 @@ impl GroupHandle {
         Ok(rx)
     }
 
-    /// Hands a message from a peer to the group; dropped (Raft retries) if
-    /// the inbox is full.
+    /// Hands a message from a peer to the group, on a queue of its own:
+    /// callers filling the group's inbox cannot crowd out heartbeats and
+    /// acknowledgements. Dropped (Raft retries) only if that queue is full.
     pub fn deliver(&self, msg: Message) {
-        if self.tx.try_send(Event::Message(msg)).is_err() {
-            debug!(group = self.group, "inbox full: dropped a peer message");
+        if self.peer_tx.try_send(msg).is_err() {
+            debug!(
+                group = self.group,
+                "peer queue full: dropped a peer message"
+            );
         }
     }
 
@@ -272,11 +281,15 @@ impl Node {
             let core =
                 RaftCore::new(cfg, restore).map_err(|e| NodeError::Invalid(e.to_string()))?;
             let (tx, rx) = tokio::sync::mpsc::channel(options.inbox_capacity);
+            let (peer_tx, peer_rx) = tokio::sync::mpsc::channel(PEER_QUEUE_MESSAGES);
             let group_loop = GroupLoop::new(
                 core,
                 log.clone(),
                 applier,
-                rx,
+                GroupQueues {
+                    inbox: rx,
+                    peer_messages: peer_rx,
+                },
                 transport.clone(),
                 options.compaction,
                 options.snapshot_chunk_bytes,
@@ -306,7 +319,15 @@ impl Node {
                 finished,
                 thread,
             });
-            node.groups.insert(group, GroupHandle { group, tx, data });
+            node.groups.insert(
+                group,
+                GroupHandle {
+                    group,
+                    tx,
+                    peer_tx,
+                    data,
+                },
+            );
         }
         Ok(node)
     }
@@ -403,4 +424,48 @@ fn restore_state(
         applied,
         staged,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::message::MessageBody;
+
+    #[test]
+    fn a_full_inbox_does_not_crowd_out_peer_messages() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = Arc::new(
+            RocksLogStore::open_with(dir.path(), OpenOptions::new(Durability::Sync)).expect("open"),
+        );
+        // No loop drains the queues, so they stay as filled here.
+        let (tx, _inbox) = tokio::sync::mpsc::channel(1);
+        let (peer_tx, mut peers) = tokio::sync::mpsc::channel(PEER_QUEUE_MESSAGES);
+        let handle = GroupHandle {
+            group: 1,
+            tx,
+            peer_tx,
+            data: GroupData::new(log, 1),
+        };
+        let _first = handle.status().expect("the first request fills the inbox");
+        assert!(
+            matches!(handle.status(), Err(NodeError::Overloaded(_))),
+            "callers are answered Overloaded"
+        );
+        let heartbeat = Message {
+            group: 1,
+            from: 2,
+            to: 1,
+            term: 3,
+            body: MessageBody::Heartbeat {
+                commit: 0,
+                round: 1,
+            },
+        };
+        handle.deliver(heartbeat.clone());
+        assert_eq!(
+            peers.try_recv().ok(),
+            Some(heartbeat),
+            "the peer's message still got in"
+        );
+    }
 }

@@ -5,7 +5,6 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 
 use crate::kv::WriteReply;
-use crate::raft::message::Message;
 use crate::raft::status::Status;
 
 /// How fresh a read must be.
@@ -67,7 +66,8 @@ impl NodeError {
 /// Where an answer goes.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 
-/// The inbox of a group loop.
+/// The inbox of a group loop: what its callers ask. Peers' messages come
+/// on a queue of their own, so a full inbox never drops Raft traffic.
 pub(crate) enum Event {
     /// Propose an encoded [`crate::kv::Command`].
     Write {
@@ -81,8 +81,6 @@ pub(crate) enum Event {
         key: Option<Vec<u8>>,
         reply: Reply<Option<Vec<u8>>>,
     },
-    /// A message from a peer.
-    Message(Message),
     /// The core's state.
     Status(oneshot::Sender<GroupStatus>),
 }
