@@ -1,0 +1,425 @@
+//! The kvraft lab's scenarios over multi-process clusters (real QUIC and
+//! RocksDB on loopback): concurrent clients, an unreliable network, one and
+//! many partitions, crashes of every member between rounds, snapshot
+//! catch-up. Each records its clients' history and checks every
+//! acknowledged append is there once and the history is linearizable.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flotilla::{ReadConsistency, RemoteClient};
+
+mod support;
+
+use support::cluster::Cluster;
+
+use support::linearizability::{self, Event, Op};
+
+/// Runs `clients` clients for `duration`, each appending unique tokens to
+/// and reading `keys` keys, and returns the recorded history.
+fn run_history(dir: &Path, clients: usize, keys: usize, duration: Duration) -> Vec<Event> {
+    run_history_tagged(dir, clients, keys, duration, "")
+}
+
+/// As [`run_history`], with `tag` in every appended token (unique per round).
+fn run_history_tagged(
+    dir: &Path,
+    clients: usize,
+    keys: usize,
+    duration: Duration,
+    tag: &str,
+) -> Vec<Event> {
+    let history: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let start = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let dir = dir.to_path_buf();
+            let history = history.clone();
+            let tag = tag.to_string();
+            std::thread::spawn(move || {
+                let client = RemoteClient::open(&dir, Duration::from_secs(5)).expect("client");
+                let mut i = 0u64;
+                while start.elapsed() < duration {
+                    let key = format!("key{}", (c as u64 + i) % keys as u64);
+                    let call = start.elapsed().as_nanos() as u64;
+                    let event = if i % 3 == 2 {
+                        match client.get(key.as_bytes(), ReadConsistency::Linearizable) {
+                            Ok(value) => Some(Event {
+                                key,
+                                op: Op::Get(Some(
+                                    String::from_utf8_lossy(&value.unwrap_or_default())
+                                        .into_owned(),
+                                )),
+                                call,
+                                ret: Some(start.elapsed().as_nanos() as u64),
+                            }),
+                            Err(e) if e.is_retryable() => None,
+                            Err(e) => panic!("client {c}: {e}"),
+                        }
+                    } else {
+                        let token = format!("[{tag}{c}.{i}]");
+                        let result = client.append(key.as_bytes(), token.as_bytes());
+                        let ret = match result {
+                            Ok(()) => Some(start.elapsed().as_nanos() as u64),
+                            Err(e) if e.is_retryable() => None,
+                            Err(e) => panic!("client {c}: {e}"),
+                        };
+                        Some(Event {
+                            key,
+                            op: Op::Append(token),
+                            call,
+                            ret,
+                        })
+                    };
+                    if let Some(event) = event {
+                        history.lock().expect("history").push(event);
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("client thread");
+    }
+    let history = history.lock().expect("history").clone();
+    history
+}
+
+/// Checks the history is linearizable and that each key's final value holds
+/// every acknowledged append exactly once.
+fn check_history(client: &RemoteClient, history: &[Event], keys: usize) {
+    assert!(
+        history.iter().filter(|e| e.ret.is_some()).count() > 20,
+        "too few operations completed to check anything"
+    );
+    let mut with_final = history.to_vec();
+    let end = u64::MAX / 2;
+    for k in 0..keys {
+        let key = format!("key{k}");
+        let value = client
+            .get(key.as_bytes(), ReadConsistency::Linearizable)
+            .expect("final read")
+            .unwrap_or_default();
+        let acked: Vec<String> = history
+            .iter()
+            .filter(|e| e.key == key && e.ret.is_some())
+            .filter_map(|e| match &e.op {
+                Op::Append(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        let text = String::from_utf8_lossy(&value).into_owned();
+        for token in &acked {
+            assert_eq!(
+                text.matches(token.as_str()).count(),
+                1,
+                "{key}: {token} in {text}"
+            );
+        }
+        with_final.push(Event {
+            key,
+            op: Op::Get(Some(text)),
+            call: end,
+            ret: Some(end + 1),
+        });
+    }
+    linearizability::check(&with_final).unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn start_with_faults(nodes: u64) -> Cluster {
+    Cluster::start(nodes)
+}
+
+fn faults(
+    cluster: &Cluster,
+    client: &RemoteClient,
+    drop_ppm: u32,
+    delay_ms: u64,
+    partition: &[Vec<u64>],
+) {
+    for id in 1..=cluster.nodes {
+        // A member that was just restarted may not listen yet.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match client.inject_faults(
+                id,
+                drop_ppm,
+                Duration::from_millis(delay_ms),
+                partition.to_vec(),
+            ) {
+                Ok(()) => break,
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("node {id}: {e}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn concurrent_clients_see_a_linearizable_history() {
+    let cluster = Cluster::start(3);
+    let client = cluster.client();
+    let history = run_history(cluster.path(), 5, 3, Duration::from_secs(3));
+    check_history(&client, &history, 3);
+}
+
+#[test]
+fn unreliable_network_keeps_the_history_linearizable() {
+    let cluster = start_with_faults(3);
+    let client = cluster.client();
+    client.put(b"warmup", b"1").expect("warm-up");
+    faults(&cluster, &client, 100_000, 2, &[]);
+    let history = run_history(cluster.path(), 5, 3, Duration::from_secs(4));
+    faults(&cluster, &client, 0, 0, &[]);
+    check_history(&client, &history, 3);
+}
+
+#[test]
+fn one_partition_minority_waits_majority_continues() {
+    // As the kvraft lab's one-partition test: the leader keeps a majority,
+    // clients of the minority member can complete neither a put nor a get
+    // while the partition lasts, the majority goes on, and the minority's
+    // requests complete once it heals, the put applied once.
+    let cluster = start_with_faults(3);
+    let client = cluster.client();
+    client.put(b"k", b"14").expect("put");
+    let leader = cluster.leader(&client);
+    let minority = (1..=3).find(|&id| id != leader).expect("a follower");
+    let majority: Vec<u64> = (1..=3).filter(|&id| id != minority).collect();
+    faults(&cluster, &client, 0, 0, &[majority.clone(), vec![minority]]);
+    let (_put_dir, put_client) = cluster.client_of(minority, Duration::from_secs(30));
+    let (_get_dir, get_client) = cluster.client_of(minority, Duration::from_secs(30));
+    let put_done = Arc::new(AtomicBool::new(false));
+    let get_done = Arc::new(AtomicBool::new(false));
+    let put = {
+        let done = put_done.clone();
+        std::thread::spawn(move || {
+            let result = put_client.put(b"k", b"15");
+            done.store(true, Ordering::SeqCst);
+            result
+        })
+    };
+    let get = {
+        let done = get_done.clone();
+        std::thread::spawn(move || {
+            let result = get_client.get(b"k", ReadConsistency::Linearizable);
+            done.store(true, Ordering::SeqCst);
+            result
+        })
+    };
+    // The majority keeps going meanwhile.
+    client.put(b"k", b"16").expect("majority put");
+    assert_eq!(
+        client
+            .get(b"k", ReadConsistency::Linearizable)
+            .expect("get"),
+        Some(b"16".to_vec())
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !put_done.load(Ordering::SeqCst),
+        "a put completed in the minority: {:?}",
+        put.join()
+    );
+    assert!(
+        !get_done.load(Ordering::SeqCst),
+        "a get completed in the minority: {:?}",
+        get.join()
+    );
+    faults(&cluster, &client, 0, 0, &[]);
+    put.join()
+        .expect("put thread")
+        .expect("the minority's put completes after healing");
+    let seen = get
+        .join()
+        .expect("get thread")
+        .expect("the minority's get completes after healing");
+    assert!(
+        seen == Some(b"16".to_vec()) || seen == Some(b"15".to_vec()),
+        "{seen:?}"
+    );
+    assert_eq!(
+        client
+            .get(b"k", ReadConsistency::Linearizable)
+            .expect("get"),
+        Some(b"15".to_vec()),
+        "the minority's put was applied after the majority's"
+    );
+}
+
+/// While `clients` clients run, a new two-way split of the five members
+/// every 1.2 s (longer than an election timeout, so a majority side can
+/// elect and make progress); then heal and check.
+/// A thread that cuts the cluster in two, a different cut every `period`,
+/// with `drop_ppm` of the frames lost on every link, until the flag it
+/// returns is set; then the thread must be joined.
+fn spawn_partitioner(
+    cluster: &Cluster,
+    drop_ppm: u32,
+    period: Duration,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let dir = cluster.path().to_path_buf();
+    let nodes = cluster.nodes;
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let client = RemoteClient::open(&dir, Duration::from_secs(2)).expect("client");
+            let mut round = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut all: Vec<u64> = (1..=nodes).collect();
+                all.rotate_left((round * 2 % nodes) as usize);
+                let cut = 1 + (round % 2) as usize;
+                let sides = vec![all[..cut].to_vec(), all[cut..].to_vec()];
+                for id in 1..=nodes {
+                    let _ = client.inject_faults(id, drop_ppm, Duration::ZERO, sides.clone());
+                }
+                std::thread::sleep(period);
+                round += 1;
+            }
+        })
+    };
+    (stop, handle)
+}
+
+fn many_partitions(clients: usize) {
+    let cluster = start_with_faults(5);
+    let client = cluster.client();
+    client.put(b"warmup", b"1").expect("warm-up");
+    let (stop, partitioner) = spawn_partitioner(&cluster, 0, Duration::from_millis(1200));
+    let history = run_history(cluster.path(), clients, 3, Duration::from_secs(6));
+    stop.store(true, Ordering::Relaxed);
+    partitioner.join().expect("partitioner");
+    faults(&cluster, &client, 0, 0, &[]);
+    check_history(&client, &history, 3);
+}
+
+#[test]
+fn many_partitions_with_one_client_stay_linearizable() {
+    many_partitions(1);
+}
+
+#[test]
+fn many_partitions_with_many_clients_stay_linearizable() {
+    many_partitions(5);
+}
+
+#[test]
+fn persist_with_partitions_and_an_unreliable_network() {
+    // As the kvraft lab's persist-partition-unreliable test: five members,
+    // each round under changing partitions with 5% of frames lost, then
+    // every member killed with SIGKILL and restarted.
+    let mut cluster = start_with_faults(5);
+    let mut all = Vec::new();
+    for round in 0..3 {
+        let client = cluster.client();
+        faults(&cluster, &client, 50_000, 1, &[]);
+        let (stop, partitioner) = spawn_partitioner(&cluster, 50_000, Duration::from_millis(700));
+        let mut history = run_history_tagged(
+            cluster.path(),
+            3,
+            2,
+            Duration::from_secs(3),
+            &format!("r{round}."),
+        );
+        stop.store(true, Ordering::Relaxed);
+        partitioner.join().expect("partitioner");
+        // Shift this round's times after the previous rounds'.
+        let offset = round as u64 * 1_000_000_000_000;
+        for e in &mut history {
+            e.call += offset;
+            e.ret = e.ret.map(|r| r + offset);
+        }
+        all.extend(history);
+        for id in 1..=5 {
+            cluster.kill(id);
+        }
+        for id in 1..=5 {
+            cluster.restart(id);
+        }
+    }
+    let client = cluster.client();
+    check_history(&client, &all, 2);
+}
+
+#[test]
+fn a_node_left_behind_catches_up_by_snapshot_and_logs_stay_bounded() {
+    // Members snapshot and compact past 100 entries or 64 KiB of log.
+    let mut cluster =
+        Cluster::start_configured(3, "max_log_entries = 100\nmax_raft_state_bytes = 65536\n");
+    let client = cluster.client();
+    client.put(b"first", b"1").expect("put");
+    let leader = cluster.leader(&client);
+    let behind = (1..=3).find(|&id| id != leader).expect("a follower");
+    let behind_applied = client
+        .status()
+        .into_iter()
+        .find(|(id, _)| *id == behind)
+        .and_then(|(_, s)| s.ok())
+        .map_or(0, |g| g[0].applied_index);
+    cluster.kill(behind);
+    for i in 0..600 {
+        client
+            .put(format!("k{i}").as_bytes(), &[b'x'; 200])
+            .expect("put");
+    }
+    // The leader compacted its log past what the stopped node has, so only
+    // a snapshot can bring that node up to date.
+    let leader_snapshot = client
+        .status()
+        .into_iter()
+        .find(|(id, _)| *id == leader)
+        .and_then(|(_, s)| s.ok())
+        .map_or(0, |g| g[0].snapshot_index);
+    assert!(
+        leader_snapshot > behind_applied + 1,
+        "the leader's log still starts at {leader_snapshot}, the follower applied {behind_applied}"
+    );
+    cluster.restart(behind);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = client.status();
+        let node = status
+            .iter()
+            .find(|(id, _)| *id == behind)
+            .and_then(|(_, s)| s.as_ref().ok())
+            .and_then(|g| g.first().cloned());
+        if let Some(g) = node {
+            if g.applied_index >= 600 && g.snapshot_index > 0 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {behind} did not catch up: {status:?}\nits log:\n{}",
+            std::fs::read_to_string(cluster.path().join(format!("node{behind}.log")))
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its own data has what the snapshot carried: a stale read is served
+    // by the member asked, from its own store.
+    let (_dir, local) = cluster.client_of(behind, Duration::from_secs(10));
+    for key in ["first", "k0", "k299", "k599"] {
+        assert!(
+            local
+                .get(key.as_bytes(), ReadConsistency::Stale)
+                .expect("stale read")
+                .is_some(),
+            "node {behind} lacks {key}"
+        );
+    }
+    for (id, status) in client.status() {
+        let g = &status.expect("status")[0];
+        assert!(
+            g.log_bytes <= 8 * 65536,
+            "node {id} holds {} log bytes, over 8× the 64 KiB bound",
+            g.log_bytes
+        );
+    }
+}
