@@ -255,6 +255,41 @@ fn one_partition_minority_waits_majority_continues() {
 /// While `clients` clients run, a new two-way split of the five members
 /// every 1.2 s (longer than an election timeout, so a majority side can
 /// elect and make progress); then heal and check.
+#[test]
+fn an_isolated_leader_answers_no_read_once_the_others_moved_on() {
+    // The one-partition case with the leader on the minority side: it is
+    // cut off alone; the majority elects another and writes. Asked for a
+    // lease or a linearizable read, the old leader must not answer the old
+    // value. Its lease ends (400 ms) before the others can elect (500 ms)
+    // and CheckQuorum makes it step down at 500 ms, usually before this
+    // read arrives, so this checks the whole path; the lease rule alone is
+    // tested on the core (`core_reads.rs`).
+    let cluster = start_with_faults(3);
+    let client = cluster.client();
+    client.put(b"k", b"old").expect("put");
+    let leader = cluster.leader(&client);
+    let others: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    faults(&cluster, &client, 0, 0, &[vec![leader], others]);
+    client
+        .put(b"k", b"new")
+        .expect("the majority elects a new leader and writes");
+    let (_dir, isolated) = cluster.client_of(leader, Duration::from_secs(2));
+    for consistency in [ReadConsistency::Lease, ReadConsistency::Linearizable] {
+        let read = isolated.get(b"k", consistency);
+        assert!(
+            read.is_err(),
+            "the isolated old leader answered a {consistency:?} read: {read:?}"
+        );
+    }
+    faults(&cluster, &client, 0, 0, &[]);
+    assert_eq!(
+        isolated
+            .get(b"k", ReadConsistency::Lease)
+            .expect("after healing"),
+        Some(b"new".to_vec())
+    );
+}
+
 /// A thread that cuts the cluster in two, a different cut every `period`,
 /// with `drop_ppm` of the frames lost on every link, until the flag it
 /// returns is set; then the thread must be joined.
