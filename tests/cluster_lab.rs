@@ -256,11 +256,12 @@ fn one_partition_minority_waits_majority_continues() {
 /// every 1.2 s (longer than an election timeout, so a majority side can
 /// elect and make progress); then heal and check.
 #[test]
-fn an_isolated_leader_answers_no_read_once_the_others_moved_on() {
+fn a_leader_cut_off_alone_completes_nothing_until_the_partition_heals() {
     // The one-partition case with the leader on the minority side: it is
-    // cut off alone; the majority elects another and writes. Asked for a
-    // lease or a linearizable read, the old leader must not answer the old
-    // value. Its lease ends (400 ms) before the others can elect (500 ms)
+    // cut off alone; the majority elects another and writes. Its clients'
+    // append waits for the partition to heal and is applied once. Asked
+    // for a lease or a linearizable read, the old leader must not answer
+    // the old value. Its lease ends (400 ms) before the others can elect (500 ms)
     // and CheckQuorum makes it step down at 500 ms, usually before this
     // read arrives, so this checks the whole path; the lease rule alone is
     // tested on the core (`core_reads.rs`).
@@ -270,9 +271,26 @@ fn an_isolated_leader_answers_no_read_once_the_others_moved_on() {
     let leader = cluster.leader(&client);
     let others: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
     faults(&cluster, &client, 0, 0, &[vec![leader], others]);
+    // A client of the cut-off leader appends: that cannot complete until
+    // the partition heals, and then it is applied once.
+    let (_append_dir, appender) = cluster.client_of(leader, Duration::from_secs(30));
+    let append_done = Arc::new(AtomicBool::new(false));
+    let append = {
+        let done = append_done.clone();
+        std::thread::spawn(move || {
+            let result = appender.append(b"m", b"[minority]");
+            done.store(true, Ordering::SeqCst);
+            result
+        })
+    };
     client
         .put(b"k", b"new")
         .expect("the majority elects a new leader and writes");
+    assert!(
+        !append_done.load(Ordering::SeqCst),
+        "an append completed on the cut-off leader: {:?}",
+        append.join()
+    );
     let (_dir, isolated) = cluster.client_of(leader, Duration::from_secs(2));
     for consistency in [ReadConsistency::Lease, ReadConsistency::Linearizable] {
         let read = isolated.get(b"k", consistency);
@@ -287,6 +305,17 @@ fn an_isolated_leader_answers_no_read_once_the_others_moved_on() {
             .get(b"k", ReadConsistency::Lease)
             .expect("after healing"),
         Some(b"new".to_vec())
+    );
+    append
+        .join()
+        .expect("append thread")
+        .expect("the append completes after healing");
+    assert_eq!(
+        client
+            .get(b"m", ReadConsistency::Linearizable)
+            .expect("get"),
+        Some(b"[minority]".to_vec()),
+        "applied exactly once"
     );
 }
 
