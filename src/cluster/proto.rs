@@ -300,13 +300,46 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_extend(value, vec![PROTO_VERSION]).unwrap_or_else(|_| vec![PROTO_VERSION])
 }
 
+/// Decodes a request or response. What does not decode is refused as
+/// `InvalidArgument`, which is not retried: sending the same bytes to the
+/// same peer again cannot help (before, a client of another protocol
+/// version retried until its timeout and blamed the members).
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Error> {
     match bytes.split_first() {
         Some((&PROTO_VERSION, body)) => postcard::from_bytes(body)
-            .map_err(|e| Error::Unavailable(format!("malformed message from a peer: {e}"))),
-        Some((v, _)) => Err(Error::Unavailable(format!(
+            .map_err(|e| Error::InvalidArgument(format!("malformed message from a peer: {e}"))),
+        Some((v, _)) => Err(Error::InvalidArgument(format!(
             "a peer speaks request protocol {v}, this node {PROTO_VERSION}; upgrade the older one"
         ))),
-        None => Err(Error::Unavailable("an empty message from a peer".into())),
+        None => Err(Error::InvalidArgument(
+            "an empty message from a peer".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_version_or_broken_bytes_are_refused_for_good() {
+        let request = Request::Get {
+            key: b"k".to_vec(),
+            consistency: Consistency::Linearizable,
+        };
+        let mut bytes = encode(&request);
+        assert_eq!(decode::<Request>(&bytes).ok(), Some(request));
+        bytes[0] = PROTO_VERSION - 1;
+        let old = decode::<Request>(&bytes).expect_err("another version");
+        assert!(!old.is_retryable(), "{old}");
+        assert!(old.to_string().contains("upgrade the older one"), "{old}");
+        // The member answers a request it cannot decode with the error,
+        // and the client sees the same, still not retryable.
+        let answered = Error::from(WireError::from(old));
+        assert!(!answered.is_retryable(), "{answered}");
+        for broken in [&[][..], &[PROTO_VERSION, 0xff, 0xff, 0xff][..]] {
+            let e = decode::<Request>(broken).expect_err("broken bytes");
+            assert!(!e.is_retryable(), "{e}");
+        }
     }
 }
