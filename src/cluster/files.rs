@@ -6,13 +6,13 @@
 //!                               not kept: no certificate can be added)
 //! D/node<N>.der, node<N>.key.der node N's certificate and key
 //! D/client.der, client.key.der  the client certificate (node id 0)
-//!
-//! Keys are written readable by their owner only (0600), every file is
-//! synced, and cluster.toml is written last.
 //! D/node<N>.toml                node N's config (serve --config)
 //! D/cluster.toml                members' addresses, for clients
 //! D/node<N>/                    node N's data
 //! ```
+//!
+//! Keys are written readable by their owner only (0600), every file is
+//! synced, and cluster.toml is written last.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};

@@ -319,12 +319,12 @@ impl Member {
     }
 }
 
-/// Session expiry runs on the clock stamped into each command, so the member
-/// that proposes a write stamps its own: a client's clock, however wrong,
-/// can then neither expire other clients' sessions nor keep its own alive.
-/// (Only the leader's proposal succeeds, so the stamp is the leader's.)
-/// Checks a client's write against the limits and stamps this member's
-/// clock on it (the leader's clock, as only the leader executes writes).
+/// Checks a client's write against this member's limits, then stamps the
+/// member's clock on it. Session expiry runs on the clock stamped into each
+/// command, so the member that proposes a write stamps its own: a client's
+/// clock, however wrong, can then neither expire other clients' sessions
+/// nor keep its own alive. (Only the leader's proposal succeeds, so the
+/// stamp is the leader's.)
 fn prepare_write(command: &[u8], limits: &WriteLimits) -> std::result::Result<Vec<u8>, WireError> {
     let mut decoded: kv::Command = kv::command::decode(command)
         .map_err(|e| WireError::InvalidArgument(format!("malformed write command: {e}")))?;
