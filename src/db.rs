@@ -21,7 +21,7 @@ use tracing::{debug_span, Instrument};
 use crate::builder::DbBuilder;
 use crate::cluster::member::{deliver as member_deliver, Member, MeshTransport};
 use crate::cluster::proto::{self, Request, Response, WireError};
-use crate::cluster::sessions::SessionPool;
+use crate::cluster::sessions::{write_outcome, SessionPool};
 use crate::error::{Error, Result};
 use crate::limits::WriteLimits;
 use crate::scan::{scan_group, scan_pages, Pair, ScanRange};
@@ -551,29 +551,15 @@ impl AsyncDb {
                     .await?
             }
             Some(member) => {
-                let (client, mut seq) = self.inner.sessions.take();
-                if seq == 0 {
-                    // Opening is idempotent, so retried freely; if it fails
-                    // the new session is dropped unused.
-                    self.send_write(member, client, 0, WriteOp::OpenSession)
-                        .await?;
-                    seq = 1;
-                }
-                let reply = self.send_write(member, client, seq, op).await;
-                self.inner.sessions.finish(client, seq, reply)?
+                self.inner
+                    .sessions
+                    .write(op, |client, seq, op| {
+                        self.send_write(member, client, seq, op)
+                    })
+                    .await?
             }
         };
-        match reply {
-            WriteReply::SessionExpired => Err(Error::SessionExpired),
-            WriteReply::TooLarge { bytes } => Err(Error::InvalidArgument(format!(
-                "the value would grow to {bytes} bytes, over the {}-byte limit of a stored value",
-                kv::MAX_VALUE_BYTES
-            ))),
-            WriteReply::StaleSequence { last } => Err(Error::InvalidArgument(format!(
-                "write sequence number is older than the session's last ({last})"
-            ))),
-            other => Ok(other),
-        }
+        write_outcome(reply)
     }
 
     /// Sends one write of session `client` with number `seq` through the

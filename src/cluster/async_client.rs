@@ -17,7 +17,7 @@ use crate::cluster::files::load_client;
 use crate::cluster::proto::{
     self, Consistency, JobRequest, JobView, RemoteStatus, Request, Response, WireError,
 };
-use crate::cluster::sessions::SessionPool;
+use crate::cluster::sessions::{write_outcome, SessionPool};
 use crate::db::CasOutcome;
 use crate::error::{Error, Result};
 use crate::mapreduce::MapReduceSpec;
@@ -247,26 +247,11 @@ impl AsyncRemoteClient {
     }
 
     async fn write(&self, op: WriteOp) -> Result<WriteReply> {
-        let (client, mut seq) = self.sessions.take();
-        if seq == 0 {
-            // Opening is idempotent, so retried freely; if it fails the new
-            // session is dropped unused.
-            self.send_write(client, 0, WriteOp::OpenSession).await?;
-            seq = 1;
-        }
-        let reply = self.send_write(client, seq, op).await;
-        let reply = self.sessions.finish(client, seq, reply)?;
-        match reply {
-            WriteReply::SessionExpired => Err(Error::SessionExpired),
-            WriteReply::TooLarge { bytes } => Err(Error::InvalidArgument(format!(
-                "the value would grow to {bytes} bytes, over the {}-byte limit of a stored value",
-                kv::MAX_VALUE_BYTES
-            ))),
-            WriteReply::StaleSequence { last } => Err(Error::InvalidArgument(format!(
-                "stale sequence number (session at {last})"
-            ))),
-            other => Ok(other),
-        }
+        let reply = self
+            .sessions
+            .write(op, |client, seq, op| self.send_write(client, seq, op))
+            .await?;
+        write_outcome(reply)
     }
 
     /// Sends one write of session `client` with number `seq`, retrying as
