@@ -31,6 +31,20 @@ fn run_history_tagged(
     duration: Duration,
     tag: &str,
 ) -> Vec<Event> {
+    let never = Arc::new(AtomicBool::new(false));
+    record_history(dir, clients, keys, duration, tag, never)
+}
+
+/// Records a history as [`run_history_tagged`] does, ending after
+/// `duration` or once `stop` is set, whichever comes first.
+fn record_history(
+    dir: &Path,
+    clients: usize,
+    keys: usize,
+    duration: Duration,
+    tag: &str,
+    stop: Arc<AtomicBool>,
+) -> Vec<Event> {
     let history: Arc<Mutex<Vec<Event>>> = Arc::default();
     let start = Instant::now();
     let threads: Vec<_> = (0..clients)
@@ -38,10 +52,11 @@ fn run_history_tagged(
             let dir = dir.to_path_buf();
             let history = history.clone();
             let tag = tag.to_string();
+            let stop = stop.clone();
             std::thread::spawn(move || {
                 let client = RemoteClient::open(&dir, Duration::from_secs(5)).expect("client");
                 let mut i = 0u64;
-                while start.elapsed() < duration {
+                while start.elapsed() < duration && !stop.load(Ordering::Relaxed) {
                     let key = format!("key{}", (c as u64 + i) % keys as u64);
                     let call = start.elapsed().as_nanos() as u64;
                     let event = if i % 3 == 2 {
@@ -161,6 +176,16 @@ fn faults(
 }
 
 #[test]
+fn basic_one_client_sees_its_appends_once_in_order() {
+    // The lab's basic test: one client, no faults. Its appends to a key
+    // follow each other, so a linearizable history also fixes their order.
+    let cluster = Cluster::start(3);
+    let client = cluster.client();
+    let history = run_history(cluster.path(), 1, 3, Duration::from_secs(3));
+    check_history(&client, &history, 3);
+}
+
+#[test]
 fn concurrent_clients_see_a_linearizable_history() {
     let cluster = Cluster::start(3);
     let client = cluster.client();
@@ -252,9 +277,6 @@ fn one_partition_minority_waits_majority_continues() {
     );
 }
 
-/// While `clients` clients run, a new two-way split of the five members
-/// every 1.2 s (longer than an election timeout, so a majority side can
-/// elect and make progress); then heal and check.
 #[test]
 fn a_leader_cut_off_alone_completes_nothing_until_the_partition_heals() {
     // The one-partition case with the leader on the minority side: it is
@@ -351,6 +373,9 @@ fn spawn_partitioner(
     (stop, handle)
 }
 
+/// While `clients` clients run, a new two-way split of the five members
+/// every 1.2 s (longer than an election timeout, so a majority side can
+/// elect and make progress); then heal and check.
 fn many_partitions(clients: usize) {
     let cluster = start_with_faults(5);
     let client = cluster.client();
@@ -420,13 +445,16 @@ fn a_node_left_behind_catches_up_by_snapshot_and_logs_stay_bounded() {
     client.put(b"first", b"1").expect("put");
     let leader = cluster.leader(&client);
     let behind = (1..=3).find(|&id| id != leader).expect("a follower");
-    let behind_applied = client
-        .status()
-        .into_iter()
-        .find(|(id, _)| *id == behind)
-        .and_then(|(_, s)| s.ok())
-        .map_or(0, |g| g[0].applied_index);
+    let behind_applied = member_status(&client, behind).applied_index;
     cluster.kill(behind);
+    // Clients append and read the whole time the node is away and while
+    // it catches up, as in the lab's snapshot tests.
+    let stop_history = Arc::new(AtomicBool::new(false));
+    let recorder = {
+        let dir = cluster.path().to_path_buf();
+        let stop = stop_history.clone();
+        std::thread::spawn(move || record_history(&dir, 3, 3, Duration::MAX, "", stop))
+    };
     for i in 0..600 {
         client
             .put(format!("k{i}").as_bytes(), &[b'x'; 200])
@@ -434,12 +462,7 @@ fn a_node_left_behind_catches_up_by_snapshot_and_logs_stay_bounded() {
     }
     // The leader compacted its log past what the stopped node has, so only
     // a snapshot can bring that node up to date.
-    let leader_snapshot = client
-        .status()
-        .into_iter()
-        .find(|(id, _)| *id == leader)
-        .and_then(|(_, s)| s.ok())
-        .map_or(0, |g| g[0].snapshot_index);
+    let leader_snapshot = member_status(&client, leader).snapshot_index;
     assert!(
         leader_snapshot > behind_applied + 1,
         "the leader's log still starts at {leader_snapshot}, the follower applied {behind_applied}"
@@ -466,16 +489,31 @@ fn a_node_left_behind_catches_up_by_snapshot_and_logs_stay_bounded() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Its own data has what the snapshot carried: a stale read is served
-    // by the member asked, from its own store.
-    let (_dir, local) = cluster.client_of(behind, Duration::from_secs(10));
-    for key in ["first", "k0", "k299", "k599"] {
+    stop_history.store(true, Ordering::Relaxed);
+    let history = recorder.join().expect("history clients");
+    check_history(&client, &history, 3);
+    // Its own data has what the snapshot and the log after it carried: a
+    // stale read is served by the member asked, from its own store, and
+    // once it applied all the leader has, it matches the leader's.
+    let leader_applied = member_status(&client, leader).applied_index;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while member_status(&client, behind).applied_index < leader_applied {
         assert!(
+            Instant::now() < deadline,
+            "node {behind} did not apply up to {leader_applied}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_dir, local) = cluster.client_of(behind, Duration::from_secs(10));
+    for key in ["first", "k0", "k299", "k599", "key0", "key1", "key2"] {
+        assert_eq!(
             local
                 .get(key.as_bytes(), ReadConsistency::Stale)
-                .expect("stale read")
-                .is_some(),
-            "node {behind} lacks {key}"
+                .expect("stale read"),
+            client
+                .get(key.as_bytes(), ReadConsistency::Linearizable)
+                .expect("read"),
+            "node {behind}'s {key}"
         );
     }
     for (id, status) in client.status() {
@@ -486,4 +524,15 @@ fn a_node_left_behind_catches_up_by_snapshot_and_logs_stay_bounded() {
             g.log_bytes
         );
     }
+}
+
+/// What member `id` reports of its (only) group.
+fn member_status(client: &RemoteClient, id: u64) -> flotilla::RemoteStatus {
+    client
+        .status()
+        .into_iter()
+        .find(|(node, _)| *node == id)
+        .and_then(|(_, s)| s.ok())
+        .and_then(|groups| groups.into_iter().next())
+        .unwrap_or_else(|| panic!("node {id} reports no status"))
 }
