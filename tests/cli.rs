@@ -177,6 +177,46 @@ fn bench_reports_throughput_and_latency_for_both_engines() {
         "{}",
         String::from_utf8_lossy(&get.stderr)
     );
+    // Every operation's latency, one line each, on request.
+    let log = dir.path().join("latencies.txt");
+    let logged = flotilla(
+        &[
+            "bench",
+            "--clients",
+            "3",
+            "--ops",
+            "50",
+            "--latency-log",
+            log.to_str().expect("utf-8 path"),
+        ],
+        &dir.path().join("l"),
+    );
+    assert!(
+        logged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&logged.stderr)
+    );
+    let text = std::fs::read_to_string(&log).expect("latency log");
+    let micros: Vec<u64> = text
+        .lines()
+        .map(|l| l.parse().unwrap_or_else(|_| panic!("not a number: {l:?}")))
+        .collect();
+    assert_eq!(micros.len(), 50);
+    assert!(micros.iter().all(|&m| m > 0), "{micros:?}");
+    let nowhere = dir.path().join("no such dir").join("latencies.txt");
+    let refused = flotilla(
+        &[
+            "bench",
+            "--ops",
+            "5",
+            "--latency-log",
+            nowhere.to_str().expect("utf-8 path"),
+        ],
+        &dir.path().join("n"),
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("no such dir"), "{stderr}");
 }
 
 #[test]

@@ -62,6 +62,11 @@ pub(crate) struct BenchArgs {
     /// from their config files.
     #[arg(long, default_value_t = 0)]
     wal_preallocation_mib: u64,
+    /// Also write every operation's latency, in microseconds, one per line
+    /// to this file: each client's operations in the order it ran them,
+    /// client after client. For finding stalls the percentiles hide.
+    #[arg(long)]
+    latency_log: Option<std::path::PathBuf>,
 }
 
 /// Runs `per_client(client, op)` on `clients` threads, `ops` in all, and
@@ -349,6 +354,14 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
             )?
         }
     };
+    if let Some(path) = &args.latency_log {
+        let text: String = latencies
+            .iter()
+            .map(|d| format!("{}\n", d.as_micros()))
+            .collect();
+        std::fs::write(path, text)
+            .map_err(|e| format!("cannot write the latency log {}: {e}", path.display()))?;
+    }
     latencies.sort_unstable();
     let pct = |p: f64| -> f64 {
         let at = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len().max(1));
