@@ -208,6 +208,8 @@ impl DbBuilder {
     }
 
     /// Most client sessions kept for exactly-once retries. Default 10,000.
+    /// Every member of a cluster must use the same value: it decides which
+    /// sessions the state machine evicts, and replicas must agree on that.
     pub fn max_sessions(mut self, sessions: usize) -> Self {
         self.sessions.max_sessions = sessions;
         self

@@ -5,8 +5,11 @@ use thiserror::Error;
 
 use crate::raft::message::Message;
 
-/// The current wire format version.
-pub const WIRE_VERSION: u8 = 1;
+/// The current wire format version. Also raised when replicas of different
+/// versions would apply the same log differently, so they refuse each other
+/// instead of diverging: 2 enforces session limits per command and stores
+/// the state machine's clock.
+pub const WIRE_VERSION: u8 = 2;
 
 /// A frame that could not be decoded.
 #[derive(Debug, Error)]

@@ -56,7 +56,7 @@ pub struct NodeConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_raft_state_bytes: Option<u64>,
     /// Client sessions kept for exactly-once writes (see
-    /// `DbBuilder::max_sessions`; default 10,000).
+    /// `DbBuilder::max_sessions`; default 10,000). The same on every member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sessions: Option<usize>,
     /// The other members: node id → address.

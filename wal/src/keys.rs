@@ -131,7 +131,15 @@ pub fn session_key(client: u64) -> Vec<u8> {
     shard_key(INTERNAL_SHARD, &client.to_be_bytes())
 }
 
-/// Range (inner keys) holding every session record.
+/// Key of the state machine's clock inside a group's data (the internal
+/// shard's prefix alone, so it sorts first in [`session_range`]). Stored
+/// with the data so every replica, and a replica after a restart, expires
+/// sessions on the same clock.
+pub fn machine_clock_key() -> Vec<u8> {
+    INTERNAL_SHARD.to_be_bytes().to_vec()
+}
+
+/// Range (inner keys) holding every session record and the machine clock.
 pub fn session_range() -> (Vec<u8>, Vec<u8>) {
     (
         INTERNAL_SHARD.to_be_bytes().to_vec(),

@@ -62,14 +62,23 @@ impl KvMachine {
         stored: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     ) -> Result<(), String> {
         self.sessions.clear();
+        let mut stored_clock = None;
         for (key, value) in stored {
+            if key == keys::machine_clock_key().as_slice() {
+                let bytes: [u8; 8] = value
+                    .try_into()
+                    .map_err(|_| format!("the machine clock is {} bytes, not 8", value.len()))?;
+                stored_clock = Some(u64::from_be_bytes(bytes));
+                continue;
+            }
             let client = keys::parse_session_key(key)
                 .ok_or_else(|| format!("not a session key: {}", keys::display_key(key)))?;
             let session: Session = command::decode(value)
                 .map_err(|e| format!("session of client {client} does not decode: {e}"))?;
             self.sessions.load(client, session);
         }
-        self.clock_ms = self.sessions.latest_ms();
+        // Stores written before the clock was stored: the sessions' newest.
+        self.clock_ms = stored_clock.unwrap_or_else(|| self.sessions.latest_ms());
         Ok(())
     }
 
@@ -88,6 +97,7 @@ impl KvMachine {
     ) -> Result<AppliedBatch, String> {
         let mut overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         let mut replies = Vec::new();
+        let clock_before = self.clock_ms;
         for (index, bytes) in commands {
             let command: Command = match command::decode(bytes) {
                 Ok(command) => command,
@@ -97,7 +107,11 @@ impl KvMachine {
                 }
             };
             self.clock_ms = self.clock_ms.max(command.now_ms);
+            // Per command, so where a replica's batch ends changes nothing:
+            // first what this command's time expires, then what it evicts.
+            self.sessions.enforce(self.clock_ms);
             let reply = self.apply_one(view, &mut overlay, command)?;
+            self.sessions.enforce(self.clock_ms);
             replies.push((index, Ok(reply)));
         }
         let mut writes: Vec<KvWrite> = overlay
@@ -107,7 +121,13 @@ impl KvMachine {
                 None => KvWrite::Delete(key),
             })
             .collect();
-        for change in self.sessions.take_changes(self.clock_ms) {
+        if self.clock_ms != clock_before {
+            writes.push(KvWrite::Put(
+                keys::machine_clock_key(),
+                self.clock_ms.to_be_bytes().to_vec(),
+            ));
+        }
+        for change in self.sessions.take_changes() {
             writes.push(match change {
                 SessionChange::Upsert(client, session) => {
                     KvWrite::Put(keys::session_key(client), command::encode(&session))
@@ -284,6 +304,103 @@ mod tests {
             .into_iter()
             .map(|(_, r)| r.expect("decodes"))
             .collect()
+    }
+
+    /// A seeded mix of session opens, appends, retries and stale numbers
+    /// from five clients, with a clock that mostly moves on and sometimes
+    /// back (a new leader's clock behind the old one's).
+    fn mixed_commands(seed: u64, count: usize) -> Vec<Vec<u8>> {
+        let mut state = seed;
+        let mut next = move |bound: u64| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) % bound
+        };
+        let mut seqs = [0u64; 6];
+        let mut now = 1_000u64;
+        (0..count)
+            .map(|_| {
+                now = match next(10) {
+                    0 => now.saturating_sub(next(40)),
+                    _ => now + next(30),
+                };
+                let client = 1 + next(5);
+                let c = client as usize;
+                let (seq, op) = match next(6) {
+                    0 => (0, WriteOp::OpenSession),
+                    1 => (seqs[c].max(1), append("k", &format!("r{client}"))),
+                    _ => {
+                        seqs[c] += 1;
+                        let value = format!("{client}.{}", seqs[c]);
+                        (seqs[c], append(&format!("k{}", next(3)), &value))
+                    }
+                };
+                command::encode(&Command {
+                    client,
+                    seq,
+                    now_ms: now,
+                    op,
+                })
+            })
+            .collect()
+    }
+
+    /// Applies `commands` in batches cut at `cuts`, reloading the machine
+    /// from the stored data (a restart) after the batches in `restarts`.
+    fn apply_in_batches(
+        limits: SessionLimits,
+        commands: &[Vec<u8>],
+        cuts: &[usize],
+        restarts: &[usize],
+    ) -> (Map, Vec<WriteReply>) {
+        let mut machine = KvMachine::new(limits);
+        let mut data = Map::default();
+        let mut replies = Vec::new();
+        let mut start = 0;
+        for (batch, &end) in cuts.iter().chain([&commands.len()]).enumerate() {
+            replies.extend(run(&mut machine, &mut data, &commands[start..end]));
+            start = end;
+            if restarts.contains(&batch) {
+                machine = KvMachine::new(limits);
+                let (from, to) = keys::session_range();
+                machine
+                    .load_sessions(
+                        data.0
+                            .range(from..to)
+                            .map(|(k, v)| (k.as_slice(), v.as_slice())),
+                    )
+                    .expect("load");
+            }
+        }
+        (data, replies)
+    }
+
+    #[test]
+    fn replicas_that_batch_and_restart_differently_reach_the_same_state() {
+        // Replicas apply the same log in different batches (each applies
+        // what it learned committed) and after restarts, so session expiry
+        // and eviction must not depend on either.
+        let limits = SessionLimits {
+            max_sessions: 2,
+            idle_expiry_ms: 60,
+        };
+        for seed in 0..200 {
+            let commands = mixed_commands(seed, 60);
+            let one_batch = apply_in_batches(limits, &commands, &[], &[]);
+            let singles: Vec<usize> = (1..commands.len()).collect();
+            let restarting = (10..commands.len()).step_by(7).collect::<Vec<_>>();
+            for (cuts, restarts) in [
+                (singles.clone(), vec![]),
+                (restarting.clone(), vec![]),
+                (restarting.clone(), (0..restarting.len()).collect()),
+                (singles, (0..commands.len()).step_by(3).collect()),
+            ] {
+                let other = apply_in_batches(limits, &commands, &cuts, &restarts);
+                assert_eq!(other.1, one_batch.1, "seed {seed}: replies differ");
+                assert_eq!(other.0 .0, one_batch.0 .0, "seed {seed}: data differs");
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! Bounded two ways, both decided by applied commands alone so every replica
 //! evicts the same sessions at the same index: a session idle for longer than
 //! `idle_expiry_ms` (on the leaders' clock stamped into commands) expires, and
-//! beyond `max_sessions` the least recently used go first.
+//! beyond `max_sessions` the least recently used go first. Both are enforced
+//! at every command, never once per batch: replicas cut the same log into
+//! different batches, and a session kept to the end of one replica's batch
+//! but evicted mid-batch on another would answer the same retry differently.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -56,7 +59,10 @@ pub struct Sessions {
     limits: SessionLimits,
     by_client: BTreeMap<u64, Session>,
     by_age: BTreeSet<(u64, u64)>,
+    /// Recorded since the last `take_changes`.
     dirty: BTreeSet<u64>,
+    /// Expired or evicted since the last `take_changes`.
+    removed: BTreeSet<u64>,
 }
 
 impl Sessions {
@@ -100,6 +106,7 @@ impl Sessions {
         self.by_client.clear();
         self.by_age.clear();
         self.dirty.clear();
+        self.removed.clear();
     }
 
     /// Records the reply to `client`'s write `seq`.
@@ -112,6 +119,7 @@ impl Sessions {
                 reply,
             },
         );
+        self.removed.remove(&client);
         self.dirty.insert(client);
     }
 
@@ -125,10 +133,9 @@ impl Sessions {
         }
     }
 
-    /// Expires idle sessions and evicts the oldest beyond the limit, then
-    /// returns every change since the last call.
-    pub fn take_changes(&mut self, now_ms: u64) -> Vec<SessionChange> {
-        let mut removed = Vec::new();
+    /// Expires sessions idle at `now_ms` and evicts the oldest beyond the
+    /// limit. The machine calls it around every command.
+    pub fn enforce(&mut self, now_ms: u64) {
         let cutoff = now_ms.saturating_sub(self.limits.idle_expiry_ms);
         while let Some(&(at, client)) = self.by_age.first() {
             let over_limit = self.by_client.len() > self.limits.max_sessions;
@@ -136,14 +143,20 @@ impl Sessions {
                 break;
             }
             self.remove(client);
-            removed.push(client);
+            self.dirty.remove(&client);
+            self.removed.insert(client);
         }
+    }
+
+    /// Every change since the last call, to write with the batch's data.
+    pub fn take_changes(&mut self) -> Vec<SessionChange> {
         let mut changes = Vec::new();
         for client in std::mem::take(&mut self.dirty) {
             if let Some(session) = self.by_client.get(&client) {
                 changes.push(SessionChange::Upsert(client, session.clone()));
             }
         }
+        let removed = std::mem::take(&mut self.removed);
         changes.extend(removed.into_iter().map(SessionChange::Remove));
         changes
     }
@@ -162,13 +175,15 @@ mod tests {
         sessions.record(1, 1, 10, WriteReply::Done);
         sessions.record(2, 1, 20, WriteReply::Done);
         sessions.record(3, 1, 30, WriteReply::Done);
-        let changes = sessions.take_changes(30);
+        sessions.enforce(30);
+        let changes = sessions.take_changes();
         assert!(changes.contains(&SessionChange::Remove(1)), "{changes:?}");
         assert!(!changes.contains(&SessionChange::Upsert(1, sessions_session(10))));
         assert_eq!(sessions.len(), 2);
         // Client 2 stays in use; client 3 goes idle past the expiry.
         sessions.record(2, 2, 125, WriteReply::Done);
-        let changes = sessions.take_changes(135);
+        sessions.enforce(135);
+        let changes = sessions.take_changes();
         assert_eq!(
             changes,
             vec![
