@@ -10,8 +10,9 @@
 //! WAL preallocation (so its writes overwrite a reused WAL file, whose stale
 //! records follow the last one written when it dies), printing the
 //! number of each write once it is acknowledged. Interleaved with them it runs
-//! a snapshot workload on a fifth group (`snapshots.rs`): applies, snapshot
-//! builds, received snapshots staged in pieces and installed. The child dies
+//! a snapshot workload on a fifth group (`snapshots.rs`): applies (some
+//! unsynced, as the node runtime writes them), snapshot builds, received
+//! snapshots staged in pieces and installed. The child dies
 //! by SIGKILL — from the parent at a random moment, or by itself at a named
 //! fail point (around the log write and its sync, around a hard-state write,
 //! around a compaction, around staging a snapshot chunk and around a
@@ -240,7 +241,8 @@ fn child(dir: &str, seed: u64) -> ExitCode {
             in_flight += 1;
             next += 1;
         }
-        // One snapshot operation per round, synchronous, acknowledged once durable.
+        // One snapshot operation per round, synchronous, acknowledged once
+        // durable; an unsynced apply is not, until a later operation is.
         if let Some(op) = ops.get(snap_next) {
             if let Err(e) = snapshots::run(&store, &mut snap_store, &snap_state, op, &remotes) {
                 eprintln!("child: snapshot operation {} failed: {e}", snap_next + 1);
@@ -248,8 +250,10 @@ fn child(dir: &str, seed: u64) -> ExitCode {
             }
             snap_state.apply_op(op, &remotes);
             snap_next += 1;
-            let _ = writeln!(out, "sack {snap_next}");
-            let _ = out.flush();
+            if !matches!(op, snapshots::Op::ApplyUnsynced) {
+                let _ = writeln!(out, "sack {snap_next}");
+                let _ = out.flush();
+            }
         }
         if in_flight == 0 {
             if snap_next < ops.len() {
@@ -481,7 +485,9 @@ fn main() -> ExitCode {
         let snap_on_disk = snapshots::read(&store);
         drop(store);
         // Snapshot operations run one at a time: the store reflects the last
-        // acknowledged one or the one after it.
+        // acknowledged one, or any later one up to the next that would have
+        // been acknowledged (unsynced applies are not, and another group's
+        // synced write may have made them durable).
         let snap_floor = snap_acked.max(snap_durable);
         match snap_on_disk {
             Err(e) => {
@@ -490,7 +496,11 @@ fn main() -> ExitCode {
                 break;
             }
             Ok(actual) => {
-                let ceiling = (snap_floor + 1).min(ops.len());
+                let unacknowledged = ops[snap_floor.min(ops.len())..]
+                    .iter()
+                    .take_while(|op| matches!(op, snapshots::Op::ApplyUnsynced))
+                    .count();
+                let ceiling = (snap_floor + unacknowledged + 1).min(ops.len());
                 let found = (snap_floor..=ceiling)
                     .find(|&j| snapshots::state_after(&ops, &remotes, j) == actual);
                 match found {

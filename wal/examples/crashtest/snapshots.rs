@@ -1,9 +1,11 @@
 //! The crash test's snapshot workload, on its own group: a state machine
 //! applying commands (data and applied index in one batch), local snapshot
 //! builds, and snapshots received from a "leader" staged in pieces and
-//! installed. Every operation is synchronous and acknowledged once durable;
-//! after a crash the group's whole durable state must equal the state after
-//! some prefix of the operations no shorter than the acknowledged ones.
+//! installed. Every operation is synchronous and acknowledged once durable,
+//! except the unsynced applies (as the node runtime writes them), which the
+//! next synced write must make durable with it; after a crash the group's
+//! whole durable state must equal the state after some prefix of the
+//! operations no shorter than the acknowledged ones.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +28,8 @@ const APPEND_ENTRIES: u64 = 3;
 pub(crate) enum Op {
     /// Apply the next command.
     Apply,
+    /// Apply the next command without a sync (never acknowledged by itself).
+    ApplyUnsynced,
     /// Build a local snapshot.
     Build,
     /// Append a few entries to the group's log (an install must drop them).
@@ -78,7 +82,7 @@ impl State {
     /// The state after `op`.
     pub(crate) fn apply_op(&mut self, op: &Op, remotes: &[Remote]) {
         match op {
-            Op::Apply => {
+            Op::Apply | Op::ApplyUnsynced => {
                 let applied = applied_after(self);
                 self.data.insert(
                     command_key(applied.index),
@@ -147,7 +151,8 @@ pub(crate) fn plan(seed: u64, count: usize) -> (Vec<Op>, Vec<Remote>) {
                 _ => Op::Apply,
             },
             None => match rng.below(20) {
-                0..=10 => Op::Apply,
+                0..=4 => Op::Apply,
+                5..=10 => Op::ApplyUnsynced,
                 11..=12 => Op::Append,
                 13..=15 => Op::Build,
                 _ => {
@@ -209,11 +214,16 @@ pub(crate) fn run(
     remotes: &[Remote],
 ) -> Result<(), SnapshotError> {
     match op {
-        Op::Apply => {
+        Op::Apply | Op::ApplyUnsynced => {
             let applied = applied_after(state);
             let key = command_key(applied.index);
             let value = applied.index.to_be_bytes().to_vec();
-            GroupData::new(Arc::clone(log), GROUP).apply(&applied, vec![DataOp::Put(key, value)])
+            let data = GroupData::new(Arc::clone(log), GROUP);
+            let ops = vec![DataOp::Put(key, value)];
+            match op {
+                Op::Apply => data.apply(&applied, ops),
+                _ => data.apply_unsynced(&applied, ops),
+            }
         }
         Op::Build => store.build().map(|_| ()),
         Op::Append => {
