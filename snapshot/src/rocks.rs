@@ -92,10 +92,10 @@ impl GroupData {
         Ok(self.log.write_with(Vec::new(), Extra::Ops(raw))?)
     }
 
-    /// Applies `ops` and records `applied` in one batch written straight to
-    /// RocksDB's WAL without a sync: the Raft log already holds these entries
-    /// durably, and the next synced write (any log append, a snapshot build)
-    /// makes this one durable too. After a crash the group re-applies from
+    /// Applies `ops` and records `applied` in one batch written to RocksDB's
+    /// WAL without a sync (under `Sync`, into RocksDB's WAL buffer): the Raft
+    /// log already holds these entries durably, and the next synced write
+    /// (any log append, a snapshot build) makes this one durable too. After a crash the group re-applies from
     /// whatever applied index survived, which always matches its data.
     pub fn apply_unsynced(
         &self,

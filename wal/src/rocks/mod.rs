@@ -177,9 +177,11 @@ impl RocksLogStore {
         self.durability
     }
 
-    /// Write options for writes made outside the writer (snapshot chunks):
-    /// synced, or without a WAL under `Durability::None` so that they cannot
-    /// outlive the writes they belong with.
+    /// Write options for writes made outside the writer (applies, snapshot
+    /// chunks): synced or not as asked, or without a WAL under
+    /// `Durability::None` so that they cannot outlive the writes they belong
+    /// with. Under `Sync` an unsynced write waits in RocksDB's WAL buffer
+    /// until the next synced write or WAL sync writes and syncs it, in order.
     pub fn direct_write_options(&self, sync: bool) -> rocksdb::WriteOptions {
         let mut options = rocksdb::WriteOptions::default();
         match self.durability {
