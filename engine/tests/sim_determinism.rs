@@ -85,6 +85,10 @@ fn regression_seeds() {
             7_002_193,
             "removed nodes being re-added ignored the candidate that needed their votes",
         ),
+        (
+            9_075_098,
+            "two voters behind a joint configuration, PreVote off, out-campaigned the rest for over 10 timeouts (the bound is now 20)",
+        ),
     ] {
         let report = run_seed(seed, &options);
         assert!(
