@@ -306,6 +306,20 @@ mod tests {
             .collect()
     }
 
+    /// A machine started from what `data` stores (a restart).
+    fn reloaded(limits: SessionLimits, data: &Map) -> KvMachine {
+        let mut machine = KvMachine::new(limits);
+        let (start, end) = keys::session_range();
+        machine
+            .load_sessions(
+                data.0
+                    .range(start..end)
+                    .map(|(k, v)| (k.as_slice(), v.as_slice())),
+            )
+            .expect("load");
+        machine
+    }
+
     /// A seeded mix of session opens, appends, retries and stale numbers
     /// from five clients, with a clock that mostly moves on and sometimes
     /// back (a new leader's clock behind the old one's).
@@ -362,15 +376,7 @@ mod tests {
             replies.extend(run(&mut machine, &mut data, &commands[start..end]));
             start = end;
             if restarts.contains(&batch) {
-                machine = KvMachine::new(limits);
-                let (from, to) = keys::session_range();
-                machine
-                    .load_sessions(
-                        data.0
-                            .range(from..to)
-                            .map(|(k, v)| (k.as_slice(), v.as_slice())),
-                    )
-                    .expect("load");
+                machine = reloaded(limits, &data);
             }
         }
         (data, replies)
@@ -421,15 +427,7 @@ mod tests {
         );
         assert_eq!(data.user(b"k"), Some(&b"ab".to_vec()));
         // Sessions are stored with the data and survive a reload.
-        let mut reloaded = KvMachine::new(SessionLimits::default());
-        let (start, end) = keys::session_range();
-        reloaded
-            .load_sessions(
-                data.0
-                    .range(start..end)
-                    .map(|(k, v)| (k.as_slice(), v.as_slice())),
-            )
-            .expect("load");
+        let mut reloaded = reloaded(SessionLimits::default(), &data);
         assert_eq!(reloaded.session_count(), 1);
         run(&mut reloaded, &mut data, &[cmd(5, 2, append("k", "b"))]);
         assert_eq!(data.user(b"k"), Some(&b"ab".to_vec()));
