@@ -2,10 +2,9 @@
 //! flight, so each session's sequence numbers reach the state machine in
 //! order; a finished write returns its session with the next number.
 
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
-
-use std::future::Future;
 
 use flotilla_engine::kv::{self, WriteOp, WriteReply};
 

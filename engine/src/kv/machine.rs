@@ -62,9 +62,10 @@ impl KvMachine {
         stored: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     ) -> Result<(), String> {
         self.sessions.clear();
+        let clock_key = keys::machine_clock_key();
         let mut stored_clock = None;
         for (key, value) in stored {
-            if key == keys::machine_clock_key().as_slice() {
+            if key == clock_key.as_slice() {
                 let bytes: [u8; 8] = value
                     .try_into()
                     .map_err(|_| format!("the machine clock is {} bytes, not 8", value.len()))?;

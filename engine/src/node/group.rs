@@ -59,7 +59,6 @@ pub(crate) enum Done {
     SnapshotBuilt(Result<SnapshotMeta, SnapshotError>),
 }
 
-/// What woke the loop.
 /// What a group loop reads: its callers' requests, and its peers'
 /// messages on a queue of their own.
 pub(crate) struct GroupQueues {
@@ -67,6 +66,7 @@ pub(crate) struct GroupQueues {
     pub(crate) peer_messages: mpsc::Receiver<Message>,
 }
 
+/// What woke the loop.
 enum Wake {
     Shutdown,
     Done(Option<Done>),
