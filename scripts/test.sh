@@ -1,13 +1,34 @@
 #!/usr/bin/env bash
-# The full test command: formatting, lints, every test, the randomized
-# simulator over 1,000 seeds, and the SIGKILL crash test of the RocksDB store
-# over 100 cycles. README.md and .ci/run both run exactly this.
-# The last line sums up every test run: "tests: N passed, M failed".
+# The full test command: formatting, lints, the test command's own
+# self-check, every test, the randomized simulator over the regression seeds
+# and a window of 1,000 fresh seeds, and the SIGKILL crash test of the
+# RocksDB store over 100 cycles. README.md and .ci/run both run exactly this.
+#
+# Seeds move: the window and the crash test's seed derive from the commit and
+# the time, and are printed first; FLOTILLA_SEED=N reruns a window exactly.
+# Every suite counts by its exit status (scripts/suites.sh): a test binary
+# killed by a signal fails the run even though it printed no result line.
+# The last line sums up: "tests: N passed, M failed; seeds ...".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# shellcheck source=scripts/suites.sh
+source scripts/suites.sh
+trap 'rm -f "$suites_log"' EXIT
+
+if [ -n "${FLOTILLA_SEED:-}" ]; then
+    seed=$FLOTILLA_SEED
+else
+    # 48 bits of a hash of the commit and the time: far from the small
+    # seeds every earlier run covered, and new on every run.
+    commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+    seed=$((16#$(printf '%s %s' "$commit" "$(date +%s%N)" | sha256sum | cut -c1-12)))
+fi
+sim_seeds=1000
+seed_window="simulator seeds ${seed}..$((seed + sim_seeds - 1)) plus the regression seeds, crash test seed ${seed}"
+echo "== seeds: ${seed_window}"
+echo "   rerun this window: FLOTILLA_SEED=${seed} bash scripts/test.sh"
+echo "   one simulator seed: cargo run --release -p flotilla-engine --example sim -- --seed S --trace"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -17,25 +38,26 @@ cargo clippy --workspace --all-targets -- -D warnings
 # From here on every suite runs even if an earlier one fails, so the summary
 # counts them all.
 set +e
+echo "== the test command's self-check"
+run_checked "self-check (scripts/check-test-script.sh)" no_gate bash scripts/check-test-script.sh
 echo "== cargo test"
 # --no-fail-fast: a failing test binary must not hide the others' results.
-cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
-echo "== simulator, 1000 seeds"
-cargo run --release -p flotilla-engine --example sim -- --seeds 1000 2>&1 | tee -a "$log"
+run_cargo_tests "cargo test" cargo test --workspace --no-fail-fast
+echo "== simulator, regression seeds and ${sim_seeds} fresh seeds from ${seed}"
+run_checked "simulator" sim_gate \
+    cargo run --release -p flotilla-engine --example sim -- \
+    --first "$seed" --seeds "$sim_seeds" --regression
 # The crash test runs the binary `cargo test --workspace` built: a release
 # build, or a `cargo run -p flotilla-wal` build with other features unified,
 # would compile RocksDB's C++ once more.
-echo "== crash test, 100 cycles"
-"${CARGO_TARGET_DIR:-target}/debug/examples/crashtest" --cycles 100 2>&1 | tee -a "$log"
+echo "== crash test, 100 cycles, seed ${seed}"
+run_checked "crash test" crash_gate \
+    "${CARGO_TARGET_DIR:-target}/debug/examples/crashtest" --cycles 100 --seed "$seed"
 set -e
 
-passed=$(grep -oE '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
-failed=$(grep -oE '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
-# A test target that does not compile prints no result line.
-if grep -qE '^error: could not compile' "$log"; then failed=$((failed + 1)); fi
-# The simulator and the crash test count as one test each, passed if their
-# summary line shows no violations / nothing lost or torn.
-if grep -qE '^seeds=[0-9]+ violations=0 ' "$log"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
-if grep -qE '^cycles=[0-9]+ lost=0 torn=0 ' "$log"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
-echo "tests: ${passed} passed, ${failed} failed"
-[ "$failed" -eq 0 ]
+if [ -n "$failed_suites" ]; then
+    echo "failed suites:"
+    printf '%s' "$failed_suites"
+fi
+echo "tests: ${tests_passed} passed, ${tests_failed} failed; ${seed_window}"
+[ "$tests_failed" -eq 0 ] && [ -z "$failed_suites" ]

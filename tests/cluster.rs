@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -297,15 +297,18 @@ fn a_client_that_reaches_a_follower_first_then_goes_to_the_leader() {
 
 /// Appends unique tokens to one key per client and records which were
 /// acknowledged; returns (key, acknowledged tokens in order) per client.
+/// `acks[c]` counts client `c`'s acknowledged appends as they happen.
 fn append_load(
     dir: &Path,
     clients: usize,
     stop: Arc<AtomicBool>,
+    acks: Arc<Vec<AtomicU64>>,
 ) -> Vec<std::thread::JoinHandle<(String, Vec<String>)>> {
     (0..clients)
         .map(|c| {
             let dir: PathBuf = dir.to_path_buf();
             let stop = stop.clone();
+            let acks = acks.clone();
             std::thread::spawn(move || {
                 let client = RemoteClient::open(&dir, Duration::from_secs(30)).expect("client");
                 let key = format!("client{c}");
@@ -314,7 +317,10 @@ fn append_load(
                 while !stop.load(Ordering::Relaxed) {
                     let token = format!("[{c}.{i}]");
                     match client.append(key.as_bytes(), token.as_bytes()) {
-                        Ok(()) => acked.push(token),
+                        Ok(()) => {
+                            acked.push(token);
+                            acks[c].fetch_add(1, Ordering::Relaxed);
+                        }
                         Err(e) if e.is_retryable() => {}
                         Err(e) => panic!("client {c}: fatal error {e}"),
                     }
@@ -349,20 +355,96 @@ fn check_appends(value: &[u8], acked: &[String], key: &str) {
 }
 
 #[test]
+fn a_member_that_dies_on_its_own_fails_the_test() {
+    // The harness, shown to fire: a member killed behind its back (as its
+    // own panic, abort or an OOM kill would end it) fails the test at the
+    // next check, and again when the cluster is dropped at the test's end,
+    // although the other two members keep serving.
+    let mut cluster = Cluster::start(3);
+    let client = cluster.client();
+    client.put(b"k", b"v").expect("put");
+    let pid = cluster.procs[&2].id();
+    // SAFETY: plain kill(2) on a child we spawned.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let message = loop {
+        let checked =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cluster.check_members()));
+        match checked {
+            Err(panic) => break panic.downcast::<String>().map(|m| *m).unwrap_or_default(),
+            Ok(()) => {
+                assert!(Instant::now() < deadline, "the dead member went unseen");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    assert!(
+        message.contains("node 2 exited on its own"),
+        "unexpected report: {message}"
+    );
+    client.put(b"k", b"w").expect("the other two keep serving");
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(cluster)));
+    let message = dropped
+        .err()
+        .and_then(|panic| panic.downcast::<String>().ok())
+        .expect("dropping a cluster with a dead member passed");
+    assert!(message.contains("node 2 exited on its own"), "{message}");
+}
+
+/// Waits (up to 20 s) until every client has an acknowledged append beyond
+/// the counts it had when `wait_for_progress` was called: after a kill,
+/// the cluster must serve every client again, not just some at some time.
+fn wait_for_progress(cluster: &mut Cluster, acks: &[AtomicU64], after: &str) {
+    let before: Vec<u64> = acks.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stuck: Vec<usize> = (0..acks.len())
+            .filter(|&c| acks[c].load(Ordering::Relaxed) <= before[c])
+            .collect();
+        if stuck.is_empty() {
+            return;
+        }
+        cluster.check_members();
+        assert!(
+            Instant::now() < deadline,
+            "clients {stuck:?} acknowledged nothing within 20 s {after}; logs:\n{}",
+            cluster.log_tails(20)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn counters(n: usize) -> Arc<Vec<AtomicU64>> {
+    Arc::new((0..n).map(|_| AtomicU64::new(0)).collect())
+}
+
+#[test]
 fn kill_9_of_the_leader_under_load_loses_no_acknowledged_write() {
     let mut cluster = Cluster::start(3);
     let client = cluster.client();
     client.put(b"warmup", b"1").expect("warm-up write");
     let stop = Arc::new(AtomicBool::new(false));
-    let load = append_load(cluster.path(), 4, stop.clone());
-    for _round in 0..2 {
-        std::thread::sleep(Duration::from_millis(700));
+    let acks = counters(4);
+    let load = append_load(cluster.path(), 4, stop.clone(), acks.clone());
+    wait_for_progress(&mut cluster, &acks, "at the start");
+    for round in 0..2 {
         let leader = cluster.leader(&client);
         cluster.kill(leader);
-        std::thread::sleep(Duration::from_millis(1200));
+        // The other two elect a leader and serve every client.
+        wait_for_progress(
+            &mut cluster,
+            &acks,
+            &format!("after killing leader {leader} (round {round})"),
+        );
         cluster.restart(leader);
+        wait_for_progress(
+            &mut cluster,
+            &acks,
+            &format!("after restarting node {leader} (round {round})"),
+        );
     }
-    std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let results: Vec<_> = load
         .into_iter()
@@ -387,17 +469,24 @@ fn kill_9_of_all_nodes_repeatedly_loses_nothing() {
     let client = cluster.client();
     client.put(b"warmup", b"1").expect("warm-up write");
     let stop = Arc::new(AtomicBool::new(false));
-    let load = append_load(cluster.path(), 4, stop.clone());
-    for _round in 0..3 {
-        std::thread::sleep(Duration::from_millis(800));
+    let acks = counters(4);
+    let load = append_load(cluster.path(), 4, stop.clone(), acks.clone());
+    wait_for_progress(&mut cluster, &acks, "at the start");
+    for round in 0..3 {
+        // Let writes be in flight at the kill.
+        std::thread::sleep(Duration::from_millis(300));
         for id in 1..=3 {
             cluster.kill(id);
         }
         for id in 1..=3 {
             cluster.restart(id);
         }
+        wait_for_progress(
+            &mut cluster,
+            &acks,
+            &format!("after killing and restarting every member (round {round})"),
+        );
     }
-    std::thread::sleep(Duration::from_millis(800));
     stop.store(true, Ordering::Relaxed);
     let results: Vec<_> = load
         .into_iter()

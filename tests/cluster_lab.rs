@@ -1,8 +1,11 @@
 //! The kvraft lab's scenarios over multi-process clusters (real QUIC and
 //! RocksDB on loopback): concurrent clients, an unreliable network, one and
 //! many partitions, crashes of every member between rounds, snapshot
-//! catch-up. Each records its clients' history and checks every
-//! acknowledged append is there once and the history is linearizable.
+//! catch-up, leader kills. Each records its clients' history (appends,
+//! linearizable and lease reads) and checks every acknowledged append is
+//! there once and the history is linearizable. A test with faults also
+//! asserts they took effect (frames dropped, a new term), so a fault
+//! injection that silently stopped working fails it.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +16,7 @@ use flotilla::{ReadConsistency, RemoteClient};
 
 mod support;
 
-use support::cluster::Cluster;
+use support::cluster::{inject_faults, Cluster};
 
 use support::linearizability::{self, Event, Op};
 
@@ -60,7 +63,14 @@ fn record_history(
                     let key = format!("key{}", (c as u64 + i) % keys as u64);
                     let call = start.elapsed().as_nanos() as u64;
                     let event = if i % 3 == 2 {
-                        match client.get(key.as_bytes(), ReadConsistency::Linearizable) {
+                        // Every other read is a lease read: a lease served
+                        // past its safety window shows as a stale read.
+                        let consistency = if i % 6 == 2 {
+                            ReadConsistency::Linearizable
+                        } else {
+                            ReadConsistency::Lease
+                        };
+                        match client.get(key.as_bytes(), consistency) {
                             Ok(value) => Some(Event {
                                 key,
                                 op: Op::Get(Some(
@@ -148,31 +158,14 @@ fn start_with_faults(nodes: u64) -> Cluster {
     Cluster::start(nodes)
 }
 
-fn faults(
-    cluster: &Cluster,
-    client: &RemoteClient,
-    drop_ppm: u32,
-    delay_ms: u64,
-    partition: &[Vec<u64>],
-) {
-    for id in 1..=cluster.nodes {
-        // A member that was just restarted may not listen yet.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match client.inject_faults(
-                id,
-                drop_ppm,
-                Duration::from_millis(delay_ms),
-                partition.to_vec(),
-            ) {
-                Ok(()) => break,
-                Err(e) if e.is_retryable() && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("node {id}: {e}"),
-            }
-        }
-    }
+/// Heals every member's links and asserts the faults just lifted dropped
+/// frames: injected faults that took no effect fail the test.
+fn heal_after_faults(cluster: &mut Cluster, client: &RemoteClient, what: &str) {
+    let dropped = cluster.set_faults(client, 0, Duration::ZERO, &[]);
+    assert!(
+        dropped > 0,
+        "{what}: the members dropped no frames; the faults never took effect"
+    );
 }
 
 #[test]
@@ -195,12 +188,12 @@ fn concurrent_clients_see_a_linearizable_history() {
 
 #[test]
 fn unreliable_network_keeps_the_history_linearizable() {
-    let cluster = start_with_faults(3);
+    let mut cluster = start_with_faults(3);
     let client = cluster.client();
     client.put(b"warmup", b"1").expect("warm-up");
-    faults(&cluster, &client, 100_000, 2, &[]);
+    cluster.set_faults(&client, 100_000, Duration::from_millis(2), &[]);
     let history = run_history(cluster.path(), 5, 3, Duration::from_secs(4));
-    faults(&cluster, &client, 0, 0, &[]);
+    heal_after_faults(&mut cluster, &client, "10% of frames lost");
     check_history(&client, &history, 3);
 }
 
@@ -210,13 +203,18 @@ fn one_partition_minority_waits_majority_continues() {
     // clients of the minority member can complete neither a put nor a get
     // while the partition lasts, the majority goes on, and the minority's
     // requests complete once it heals, the put applied once.
-    let cluster = start_with_faults(3);
+    let mut cluster = start_with_faults(3);
     let client = cluster.client();
     client.put(b"k", b"14").expect("put");
     let leader = cluster.leader(&client);
     let minority = (1..=3).find(|&id| id != leader).expect("a follower");
     let majority: Vec<u64> = (1..=3).filter(|&id| id != minority).collect();
-    faults(&cluster, &client, 0, 0, &[majority.clone(), vec![minority]]);
+    cluster.set_faults(
+        &client,
+        0,
+        Duration::ZERO,
+        &[majority.clone(), vec![minority]],
+    );
     let (_put_dir, put_client) = cluster.client_of(minority, Duration::from_secs(30));
     let (_get_dir, get_client) = cluster.client_of(minority, Duration::from_secs(30));
     let put_done = Arc::new(AtomicBool::new(false));
@@ -256,7 +254,7 @@ fn one_partition_minority_waits_majority_continues() {
         "a get completed in the minority: {:?}",
         get.join()
     );
-    faults(&cluster, &client, 0, 0, &[]);
+    heal_after_faults(&mut cluster, &client, "the minority cut off");
     put.join()
         .expect("put thread")
         .expect("the minority's put completes after healing");
@@ -287,12 +285,13 @@ fn a_leader_cut_off_alone_completes_nothing_until_the_partition_heals() {
     // and CheckQuorum makes it step down at 500 ms, usually before this
     // read arrives, so this checks the whole path; the lease rule alone is
     // tested on the core (`core_reads.rs`).
-    let cluster = start_with_faults(3);
+    let mut cluster = start_with_faults(3);
     let client = cluster.client();
     client.put(b"k", b"old").expect("put");
     let leader = cluster.leader(&client);
+    let term_before = cluster.max_term(&client);
     let others: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
-    faults(&cluster, &client, 0, 0, &[vec![leader], others]);
+    cluster.set_faults(&client, 0, Duration::ZERO, &[vec![leader], others]);
     // A client of the cut-off leader appends: that cannot complete until
     // the partition heals, and then it is applied once.
     let (_append_dir, appender) = cluster.client_of(leader, Duration::from_secs(30));
@@ -321,7 +320,11 @@ fn a_leader_cut_off_alone_completes_nothing_until_the_partition_heals() {
             "the isolated old leader answered a {consistency:?} read: {read:?}"
         );
     }
-    faults(&cluster, &client, 0, 0, &[]);
+    assert!(
+        cluster.max_term(&client) > term_before,
+        "the majority wrote without electing a new leader: the cut never took effect"
+    );
+    heal_after_faults(&mut cluster, &client, "the leader cut off");
     assert_eq!(
         isolated
             .get(b"k", ReadConsistency::Lease)
@@ -341,14 +344,41 @@ fn a_leader_cut_off_alone_completes_nothing_until_the_partition_heals() {
     );
 }
 
-/// A thread that cuts the cluster in two, a different cut every `period`,
-/// with `drop_ppm` of the frames lost on every link, until the flag it
-/// returns is set; then the thread must be joined.
+/// How a partitioner splits the members in a round, given the leader the
+/// members report (if any): the sides to inject.
+type Splitter = fn(nodes: u64, round: u64, leader: Option<u64>) -> Vec<Vec<u64>>;
+
+/// The lab's changing partitions, made to bite: the leader goes to the
+/// minority side (alone or with one other member) every round, so every
+/// round with working faults makes the majority elect a new leader.
+fn leader_to_minority(nodes: u64, round: u64, leader: Option<u64>) -> Vec<Vec<u64>> {
+    let mut all: Vec<u64> = (1..=nodes).collect();
+    all.rotate_left((round * 2 % nodes) as usize);
+    if let Some(leader) = leader {
+        all.retain(|&id| id != leader);
+        all.insert(0, leader);
+    }
+    let cut = 1 + (round % 2) as usize;
+    vec![all[..cut].to_vec(), all[cut..].to_vec()]
+}
+
+/// What a partitioner thread did.
+struct PartitionerReport {
+    rounds: u64,
+    /// Frames the members' fault rules dropped, over every round.
+    dropped: u64,
+}
+
+/// A thread that splits the cluster with `split` anew every `period`, with
+/// `drop_ppm` of the frames lost on every link, until the flag it returns
+/// is set; then it heals nothing, and must be joined for its report. A
+/// member refusing the faults fails the test.
 fn spawn_partitioner(
     cluster: &Cluster,
     drop_ppm: u32,
     period: Duration,
-) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    split: Splitter,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<PartitionerReport>) {
     let dir = cluster.path().to_path_buf();
     let nodes = cluster.nodes;
     let stop = Arc::new(AtomicBool::new(false));
@@ -356,46 +386,91 @@ fn spawn_partitioner(
         let stop = stop.clone();
         std::thread::spawn(move || {
             let client = RemoteClient::open(&dir, Duration::from_secs(2)).expect("client");
-            let mut round = 0u64;
+            let mut report = PartitionerReport {
+                rounds: 0,
+                dropped: 0,
+            };
             while !stop.load(Ordering::Relaxed) {
-                let mut all: Vec<u64> = (1..=nodes).collect();
-                all.rotate_left((round * 2 % nodes) as usize);
-                let cut = 1 + (round % 2) as usize;
-                let sides = vec![all[..cut].to_vec(), all[cut..].to_vec()];
+                let leader = client
+                    .status()
+                    .into_iter()
+                    .filter_map(|(_, s)| s.ok())
+                    .flatten()
+                    .find(|g| g.role == "Leader")
+                    .map(|g| g.node);
+                let sides = split(nodes, report.rounds, leader);
                 for id in 1..=nodes {
-                    let _ = client.inject_faults(id, drop_ppm, Duration::ZERO, sides.clone());
+                    report.dropped += inject_faults(&client, id, drop_ppm, Duration::ZERO, &sides);
                 }
                 std::thread::sleep(period);
-                round += 1;
+                report.rounds += 1;
             }
+            report
         })
     };
     (stop, handle)
 }
 
+/// Asserts a partitioner's faults took effect: frames were dropped, and
+/// the term rose (a leader sent to the minority was replaced).
+fn assert_partitions_took_effect(report: &PartitionerReport, term_before: u64, term_after: u64) {
+    assert!(report.rounds > 0, "the partitioner never ran");
+    assert!(
+        report.dropped > 0,
+        "{} rounds of partitions dropped no frames: the faults never took effect",
+        report.rounds
+    );
+    assert!(
+        term_after > term_before,
+        "{} rounds cut the leader off, yet the term stayed {term_before}: the partitions never took effect",
+        report.rounds
+    );
+}
+
 /// While `clients` clients run, a new two-way split of the five members
 /// every 1.2 s (longer than an election timeout, so a majority side can
 /// elect and make progress); then heal and check.
-fn many_partitions(clients: usize) {
-    let cluster = start_with_faults(5);
+fn many_partitions(clients: usize, split: Splitter) {
+    let mut cluster = start_with_faults(5);
     let client = cluster.client();
     client.put(b"warmup", b"1").expect("warm-up");
-    let (stop, partitioner) = spawn_partitioner(&cluster, 0, Duration::from_millis(1200));
+    let term_before = cluster.max_term(&client);
+    let (stop, partitioner) = spawn_partitioner(&cluster, 0, Duration::from_millis(1200), split);
     let history = run_history(cluster.path(), clients, 3, Duration::from_secs(6));
     stop.store(true, Ordering::Relaxed);
-    partitioner.join().expect("partitioner");
-    faults(&cluster, &client, 0, 0, &[]);
+    let mut report = partitioner.join().expect("partitioner");
+    report.dropped += cluster.set_faults(&client, 0, Duration::ZERO, &[]);
+    assert_partitions_took_effect(&report, term_before, cluster.max_term(&client));
     check_history(&client, &history, 3);
 }
 
 #[test]
 fn many_partitions_with_one_client_stay_linearizable() {
-    many_partitions(1);
+    many_partitions(1, leader_to_minority);
 }
 
 #[test]
 fn many_partitions_with_many_clients_stay_linearizable() {
-    many_partitions(5);
+    many_partitions(5, leader_to_minority);
+}
+
+#[test]
+fn partitions_that_cut_nothing_fail_the_partition_check() {
+    // The check above, shown to fire: a partitioner whose injected
+    // "partitions" keep every member on one side (as a fault injection
+    // that silently stopped working would) must fail the test.
+    fn nothing_cut(nodes: u64, _round: u64, _leader: Option<u64>) -> Vec<Vec<u64>> {
+        vec![(1..=nodes).collect()]
+    }
+    let failed = std::panic::catch_unwind(|| many_partitions(1, nothing_cut));
+    let message = failed
+        .err()
+        .and_then(|e| e.downcast::<String>().ok())
+        .expect("partitions that cut nothing passed the check");
+    assert!(
+        message.contains("never took effect"),
+        "failed for another reason: {message}"
+    );
 }
 
 #[test]
@@ -407,8 +482,14 @@ fn persist_with_partitions_and_an_unreliable_network() {
     let mut all = Vec::new();
     for round in 0..3 {
         let client = cluster.client();
-        faults(&cluster, &client, 50_000, 1, &[]);
-        let (stop, partitioner) = spawn_partitioner(&cluster, 50_000, Duration::from_millis(700));
+        let term_before = cluster.max_term(&client);
+        cluster.set_faults(&client, 50_000, Duration::from_millis(1), &[]);
+        let (stop, partitioner) = spawn_partitioner(
+            &cluster,
+            50_000,
+            Duration::from_millis(700),
+            leader_to_minority,
+        );
         let mut history = run_history_tagged(
             cluster.path(),
             3,
@@ -417,7 +498,9 @@ fn persist_with_partitions_and_an_unreliable_network() {
             &format!("r{round}."),
         );
         stop.store(true, Ordering::Relaxed);
-        partitioner.join().expect("partitioner");
+        let mut report = partitioner.join().expect("partitioner");
+        report.dropped += cluster.set_faults(&client, 0, Duration::ZERO, &[]);
+        assert_partitions_took_effect(&report, term_before, cluster.max_term(&client));
         // Shift this round's times after the previous rounds'.
         let offset = round as u64 * 1_000_000_000_000;
         for e in &mut history {
@@ -434,6 +517,49 @@ fn persist_with_partitions_and_an_unreliable_network() {
     }
     let client = cluster.client();
     check_history(&client, &all, 2);
+}
+
+#[test]
+fn leader_kills_keep_the_history_linearizable() {
+    // Lease and linearizable reads beside appends while the leader is
+    // killed with SIGKILL twice: a lease the old leader held must not let
+    // anyone read stale data, and writes must go on after each kill.
+    let mut cluster = Cluster::start(3);
+    let client = cluster.client();
+    client.put(b"warmup", b"1").expect("warm-up");
+    let stop = Arc::new(AtomicBool::new(false));
+    let recorder = {
+        let dir = cluster.path().to_path_buf();
+        let stop = stop.clone();
+        std::thread::spawn(move || record_history(&dir, 3, 3, Duration::MAX, "", stop))
+    };
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(700));
+        let leader = cluster.leader(&client);
+        let term = cluster.max_term(&client);
+        cluster.kill(leader);
+        let successor = cluster.leader(&client);
+        assert_ne!(successor, leader, "the killed leader still leads");
+        assert!(
+            cluster.max_term(&client) > term,
+            "no new term after the kill"
+        );
+        client
+            .append(b"after-kill", b"[x]")
+            .expect("a write after the leader's kill");
+        cluster.restart(leader);
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    let history = recorder.join().expect("history clients");
+    // Half the reads are lease reads (`record_history` alternates them).
+    let reads = history
+        .iter()
+        .filter(|e| e.ret.is_some() && matches!(e.op, Op::Get(_)))
+        .count();
+    assert!(reads >= 4, "only {reads} reads completed");
+    check_history(&client, &history, 3);
+    cluster.check_members();
 }
 
 #[test]

@@ -40,6 +40,7 @@
 //! from one seed and checks Raft's safety properties after every step.
 
 mod codec;
+pub mod group;
 pub mod kv;
 #[cfg(feature = "runtime")]
 pub mod node;

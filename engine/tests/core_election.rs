@@ -534,3 +534,78 @@ fn vote_request_from_an_older_term_is_refused_with_the_newer_term() {
         MessageBody::RequestVoteResponse { granted: false }
     );
 }
+
+#[test]
+fn granting_a_vote_draws_a_fresh_election_timeout() {
+    // Simulator seed 9,075,098 (PreVote off): after healing, a voter with a
+    // stale log kept taking the swing vote of a new term just before the
+    // up-to-date candidates asked for it, and the voters that could have won
+    // granted a vote to one of those doomed candidates every round. A grant
+    // restarted their timers with the timeout drawn long before, so a voter
+    // that once drew a long timeout stayed the slowest in every round and the
+    // same race was lost for over 10 election timeouts. A grant must draw a
+    // fresh timeout, as a campaign does.
+    //
+    // Node 1 grants `grants` votes 9 ticks apart (under the minimum timeout of
+    // 10, so it never campaigns in between), then waits until it times out:
+    // the wait is the timeout the last grant left in force.
+    let timeout_after = |grants: u64| -> u64 {
+        let mut c = core_with(1, &[1, 2, 3], |cfg| cfg.pre_vote = false);
+        for term in 1..=grants {
+            if term > 1 {
+                for _ in 0..9 {
+                    c.tick();
+                }
+            }
+            c.step(Message {
+                group: 1,
+                from: 2,
+                to: 1,
+                term,
+                body: MessageBody::RequestVote {
+                    last_index: 0,
+                    last_term: 0,
+                    transfer: false,
+                },
+            })
+            .unwrap();
+            let (ready, msgs) = flush(&mut c);
+            assert_eq!(
+                ready
+                    .persist
+                    .and_then(|p| p.hard_state)
+                    .map(|h| (h.term, h.vote)),
+                Some((term, 2))
+            );
+            assert_eq!(
+                msgs,
+                vec![Message {
+                    group: 1,
+                    from: 1,
+                    to: 2,
+                    term,
+                    body: MessageBody::RequestVoteResponse { granted: true },
+                }]
+            );
+            assert_eq!((c.role(), c.term()), (Role::Follower, term));
+        }
+        let mut waited = 0;
+        while c.role() != Role::Candidate {
+            assert!(waited < 20, "no campaign within 2 × the election timeout");
+            c.tick();
+            waited += 1;
+        }
+        assert_eq!(c.term(), grants + 1);
+        waited
+    };
+    let timeouts: Vec<u64> = (0..6).map(timeout_after).collect();
+    assert!(
+        timeouts.iter().all(|t| (10..20).contains(t)),
+        "timeouts outside [T, 2T): {timeouts:?}"
+    );
+    let distinct: std::collections::BTreeSet<u64> = timeouts.iter().copied().collect();
+    assert!(
+        distinct.len() >= 3,
+        "the timeout after 0..=5 grants should be a fresh draw each time, not the boot draw kept: {timeouts:?}"
+    );
+}

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
+use flotilla_engine::sim::regression::REGRESSION_SEEDS;
 use flotilla_engine::sim::scenario::{run_seed, ScenarioOptions};
 
 #[test]
@@ -51,45 +52,11 @@ fn randomized_scenarios_hold_every_invariant() {
     );
 }
 
-/// Seeds that failed during development, each for the bug named. The seeds'
-/// paths change as the code does, so each bug also has a targeted core test.
+/// Seeds that failed during development (`sim::regression`).
 #[test]
 fn regression_seeds() {
     let options = ScenarioOptions::default();
-    for (seed, bug) in [
-        (
-            9115,
-            "snapshot install discarded acknowledged entries; probe loop amplified by duplicates",
-        ),
-        (
-            1925,
-            "cores seeded by XOR drew identical election timeouts and split every vote",
-        ),
-        (
-            563,
-            "refusing a stale candidate's vote reset the election timer, starving able candidates",
-        ),
-        (
-            19811,
-            "checker flagged a stale leader for lacking an entry committed in a later term",
-        ),
-        (
-            7_000_282,
-            "a removed voter that missed its removal campaigned on and deposed every leader",
-        ),
-        (
-            7_002_648,
-            "new members that knew no configuration yet ignored the candidates that needed their votes",
-        ),
-        (
-            7_002_193,
-            "removed nodes being re-added ignored the candidate that needed their votes",
-        ),
-        (
-            9_075_098,
-            "two voters behind a joint configuration, PreVote off, out-campaigned the rest for over 10 timeouts (the bound is now 20)",
-        ),
-    ] {
+    for &(seed, bug) in REGRESSION_SEEDS {
         let report = run_seed(seed, &options);
         assert!(
             report.violations.is_empty(),

@@ -23,6 +23,9 @@ struct Rules {
 pub struct Faults {
     rules: Arc<Mutex<Rules>>,
     rng: Arc<AtomicU64>,
+    /// Frames the rules dropped since [`take_dropped`](Faults::take_dropped):
+    /// a test asserts it above 0 to know its faults took effect.
+    dropped: Arc<AtomicU64>,
 }
 
 impl Faults {
@@ -75,8 +78,22 @@ impl Faults {
         self.with(|r| r.delay)
     }
 
+    /// Frames dropped by the rules since the last call (each frame counted
+    /// once, where the rules were checked: on send, or on receipt).
+    pub fn take_dropped(&self) -> u64 {
+        self.dropped.swap(0, Ordering::Relaxed)
+    }
+
     /// True if a frame from `from` to `to` may pass now.
     pub fn allows(&self, from: u64, to: u64) -> bool {
+        let passes = self.decide(from, to);
+        if !passes {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        passes
+    }
+
+    fn decide(&self, from: u64, to: u64) -> bool {
         let (cut, drop_ppm) = self.with(|r| (r.cut.contains(&(from, to)), r.drop_ppm));
         if cut {
             return false;
@@ -104,16 +121,21 @@ mod tests {
     fn cuts_partitions_and_drops() {
         let faults = Faults::default();
         assert!(faults.allows(1, 2));
+        assert_eq!(faults.take_dropped(), 0, "nothing dropped without rules");
         faults.cut(1, 2);
         assert!(!faults.allows(1, 2));
         assert!(faults.allows(2, 1), "a cut is one-way");
+        assert_eq!(faults.take_dropped(), 1, "the cut frame is counted");
+        assert_eq!(faults.take_dropped(), 0, "and the count restarts");
         faults.partition(&[vec![1], vec![2, 3]]);
         assert!(!faults.allows(1, 3) && !faults.allows(3, 1));
         assert!(faults.allows(2, 3));
+        assert_eq!(faults.take_dropped(), 2, "both directions of the cut");
         faults.heal();
         faults.set_drop(0.5);
         let passed = (0..10_000).filter(|_| faults.allows(1, 2)).count();
         assert!((4_000..6_000).contains(&passed), "{passed} of 10000 passed");
+        assert_eq!(faults.take_dropped(), 10_000 - passed as u64);
         faults.set_drop(1.0);
         assert!(!faults.allows(2, 3));
     }

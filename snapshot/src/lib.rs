@@ -12,16 +12,18 @@
 //! family and installs atomically. Both pass the [`conformance`] suite.
 
 pub mod conformance;
+mod data;
 pub mod image;
 mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocks;
 
+pub use data::{DataOp, GroupStore, MemGroupData};
 pub use flotilla_wal::{SnapshotMeta, StorageError};
 pub use image::AppliedState;
 pub use memory::MemSnapshotStore;
 #[cfg(feature = "rocksdb")]
-pub use rocks::{DataOp, GroupData, RocksSnapshotStore, DEFAULT_CHUNK_BYTES};
+pub use rocks::{GroupData, RocksSnapshotStore, DEFAULT_CHUNK_BYTES};
 use thiserror::Error;
 
 /// One chunk read from a snapshot.

@@ -28,7 +28,7 @@ use flotilla_wal::{Extra, GroupId, LogWrite, RawOp, RawOpKind, RocksLogStore, St
 use serde::{Deserialize, Serialize};
 
 use crate::image::{AppliedState, Frame, ImageReader, ImageWriter, Pair};
-use crate::{Chunk, SnapshotError, SnapshotMeta, SnapshotStore};
+use crate::{Chunk, DataOp, GroupStore, SnapshotError, SnapshotMeta, SnapshotStore};
 
 /// Default size of a stored (and sent) chunk: 1 MiB.
 pub const DEFAULT_CHUNK_BYTES: u64 = 1 << 20;
@@ -40,15 +40,6 @@ struct Descriptor {
     generation: u64,
     /// Bytes of the image stored under `generation`.
     bytes: u64,
-}
-
-/// A change to a group's data.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DataOp {
-    /// Set `key` to a value.
-    Put(Vec<u8>, Vec<u8>),
-    /// Remove `key`.
-    Delete(Vec<u8>),
 }
 
 /// One group's state-machine data in the shared RocksDB.
@@ -197,6 +188,28 @@ impl GroupData {
             out.push((key[8..].to_vec(), value.to_vec()));
         }
         Ok(out)
+    }
+}
+
+impl GroupStore for GroupData {
+    fn applied(&self) -> Result<AppliedState, SnapshotError> {
+        GroupData::applied(self)
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SnapshotError> {
+        GroupData::get(self, key)
+    }
+
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Pair>, SnapshotError> {
+        GroupData::scan(self, start, end, limit)
+    }
+
+    fn apply_unsynced(
+        &mut self,
+        applied: &AppliedState,
+        ops: Vec<DataOp>,
+    ) -> Result<(), SnapshotError> {
+        GroupData::apply_unsynced(self, applied, ops)
     }
 }
 

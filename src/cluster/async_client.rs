@@ -378,15 +378,16 @@ impl AsyncRemoteClient {
     }
 
     /// Test only: replaces member `node`'s fault rules (drop share in
-    /// millionths, delivery delay, partition sides). The member must run
-    /// with `FLOTILLA_TEST_FAULTS=1`.
+    /// millionths, delivery delay, partition sides) and returns how many
+    /// frames the rules it replaced dropped, so a test can tell its faults
+    /// took effect. The member must run with `FLOTILLA_TEST_FAULTS=1`.
     pub async fn inject_faults(
         &self,
         node: u64,
         drop_ppm: u32,
         delay: Duration,
         partition: Vec<Vec<u64>>,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let request = Request::InjectFaults {
             drop_ppm,
             delay_ms: delay.as_millis() as u64,

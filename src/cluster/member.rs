@@ -227,7 +227,7 @@ impl Member {
                     faults.partition(&partition);
                     faults.set_drop(f64::from(drop_ppm) / 1e6);
                     faults.set_delay(Duration::from_millis(delay_ms));
-                    Ok(())
+                    Ok(faults.take_dropped())
                 }
                 _ => Err(WireError::InvalidArgument(
                     "fault injection is off (start the member with FLOTILLA_TEST_FAULTS=1)".into(),

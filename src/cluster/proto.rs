@@ -9,7 +9,8 @@ use crate::error::Error;
 use crate::scan::ScanPage;
 
 // 3: scans answer in pages (`ScanPage`), clients ask for the next one.
-const PROTO_VERSION: u8 = 3;
+// 4: fault injection answers how many frames the replaced rules dropped.
+const PROTO_VERSION: u8 = 4;
 
 /// How fresh a remote read must be (the wire form of [`ReadConsistency`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,7 +225,8 @@ pub(crate) enum Response {
     Get(Result<Option<Vec<u8>>, WireError>),
     Scan(Result<ScanPage, WireError>),
     Status(Result<Vec<RemoteStatus>, WireError>),
-    Faults(Result<(), WireError>),
+    /// The frames the member's old fault rules dropped (version 4).
+    Faults(Result<u64, WireError>),
     MrStarted(Result<String, WireError>),
     MrView(Result<JobView, WireError>),
     MrTask(Result<WireAssignment, WireError>),

@@ -129,6 +129,54 @@ impl Cluster {
         out
     }
 
+    /// Panics, with the member's log, if a member exited without the test
+    /// stopping it (a panic, an abort, an OOM kill): a follower that dies
+    /// mid-test would otherwise go unseen while a quorum survives. Members
+    /// the test stops (`kill`, `terminate`) leave `procs` first.
+    pub(crate) fn check_members(&mut self) {
+        if let Some(why) = self.member_that_exited() {
+            panic!("{why}");
+        }
+    }
+
+    fn member_that_exited(&mut self) -> Option<String> {
+        for (&id, child) in self.procs.iter_mut() {
+            let status = match child.try_wait() {
+                Ok(None) => continue,
+                Ok(Some(status)) => status.to_string(),
+                Err(e) => format!("unknown ({e})"),
+            };
+            let log = std::fs::read_to_string(self.dir.path().join(format!("node{id}.log")))
+                .unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            return Some(format!(
+                "node {id} exited on its own ({status}); the test did not stop it. Its log's end:\n{}",
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            ));
+        }
+        None
+    }
+
+    /// Replaces every member's fault rules (drop share in millionths,
+    /// delivery delay, partition sides), retrying a member that does not
+    /// listen yet (just restarted) for up to 20 s; any other refusal fails
+    /// the test. Returns the frames the replaced rules dropped on all
+    /// members together, for the test to assert its faults took effect.
+    pub(crate) fn set_faults(
+        &mut self,
+        client: &RemoteClient,
+        drop_ppm: u32,
+        delay: Duration,
+        partition: &[Vec<u64>],
+    ) -> u64 {
+        self.check_members();
+        let mut dropped = 0;
+        for id in 1..=self.nodes {
+            dropped += inject_faults(client, id, drop_ppm, delay, partition);
+        }
+        dropped
+    }
+
     pub(crate) fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.procs.remove(&id) {
             child.kill().expect("SIGKILL");
@@ -178,6 +226,18 @@ impl Cluster {
         (dir, client)
     }
 
+    /// The highest term any answering member reports.
+    pub(crate) fn max_term(&self, client: &RemoteClient) -> u64 {
+        client
+            .status()
+            .into_iter()
+            .filter_map(|(_, s)| s.ok())
+            .flatten()
+            .map(|g| g.term)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The leader all answering members agree on, waiting for one.
     pub(crate) fn leader(&self, client: &RemoteClient) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -199,10 +259,42 @@ impl Cluster {
     }
 }
 
+/// Replaces member `id`'s fault rules as [`Cluster::set_faults`] does, for
+/// callers without the cluster (a partitioner thread). Returns the frames
+/// the replaced rules dropped.
+pub(crate) fn inject_faults(
+    client: &RemoteClient,
+    id: u64,
+    drop_ppm: u32,
+    delay: Duration,
+    partition: &[Vec<u64>],
+) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.inject_faults(id, drop_ppm, delay, partition.to_vec()) {
+            Ok(dropped) => return dropped,
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("injecting faults into node {id} failed: {e}"),
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // A member that died on its own fails the test, unless it is
+        // already failing (a second panic would abort the process).
+        let exited = if std::thread::panicking() {
+            None
+        } else {
+            self.member_that_exited()
+        };
         for id in 1..=self.nodes {
             self.kill(id);
+        }
+        if let Some(why) = exited {
+            panic!("{why}");
         }
     }
 }

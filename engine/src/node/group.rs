@@ -10,28 +10,30 @@
 //! staging and installing a received snapshot run on a blocking thread
 //! while the loop waits, so the runtime's worker keeps serving QUIC.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_snapshot::{RocksSnapshotStore, SnapshotError, SnapshotStore};
+use flotilla_snapshot::{GroupData, RocksSnapshotStore, SnapshotError, SnapshotStore};
 use flotilla_wal::{
-    CompactionPolicy, Entry, EntryPayload, GroupId, Index, LogSize, LogStore, LogWrite, NodeId,
-    RocksLogStore, StorageError, Term,
+    CompactionPolicy, GroupId, LogSize, LogStore, LogWrite, RocksLogStore, StorageError,
 };
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::group::{GroupDriver, GroupStatus, KvApplier, NodeError};
 use crate::kv::WriteReply;
-use crate::node::apply::Applier;
-use crate::node::request::{Event, GroupStatus, NodeError, ReadConsistency, Reply};
+use crate::node::request::{Event, Reply};
 use crate::node::Transport;
-use crate::raft::core::{RaftCore, Role};
-use crate::raft::error::ProposeError;
+use crate::raft::core::RaftCore;
 use crate::raft::message::{Message, SnapshotMeta};
-use crate::raft::ready::{PersistRequest, ReadState, StagedChunk};
+use crate::raft::ready::{PersistRequest, StagedChunk};
 use crate::raft::step::RefusedMessage;
+
+/// The driver a node runs per group: the key/value machine over RocksDB,
+/// callers answered on tokio oneshots.
+pub(crate) type NodeDriver =
+    GroupDriver<KvApplier<GroupData>, Reply<WriteReply>, Reply<Option<Vec<u8>>>>;
 
 /// Length of one tick of the core's clock.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -75,17 +77,11 @@ enum Wake {
     Tick,
 }
 
-struct ReadWaiter {
-    key: Option<Vec<u8>>,
-    reply: Reply<Option<Vec<u8>>>,
-}
-
 pub(crate) struct GroupLoop {
-    pub(crate) core: RaftCore,
+    pub(crate) driver: NodeDriver,
     pub(crate) group: GroupId,
     pub(crate) log: Arc<RocksLogStore>,
     pub(crate) snapshots: RocksSnapshotStore,
-    pub(crate) applier: Applier,
     pub(crate) inbox: mpsc::Receiver<Event>,
     /// Peers' Raft messages, ahead of the inbox.
     peer_messages: mpsc::Receiver<Message>,
@@ -98,20 +94,14 @@ pub(crate) struct GroupLoop {
     /// Write the log on this loop's own thread instead of handing it to the
     /// writer thread (see [`GroupLoop::write_log_inline`]).
     write_log_inline: bool,
-    pending_writes: BTreeMap<Index, (Term, Reply<WriteReply>)>,
-    confirming_reads: HashMap<u64, Vec<ReadWaiter>>,
-    ready_reads: Vec<(Index, ReadWaiter)>,
-    next_read_ctx: u64,
     building: bool,
-    fatal: Option<String>,
-    was_leader: bool,
 }
 
 impl GroupLoop {
     pub(crate) fn new(
         core: RaftCore,
         log: Arc<RocksLogStore>,
-        applier: Applier,
+        applier: KvApplier<GroupData>,
         queues: GroupQueues,
         transport: Arc<dyn Transport>,
         policy: CompactionPolicy,
@@ -121,8 +111,7 @@ impl GroupLoop {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         GroupLoop {
             snapshots: RocksSnapshotStore::new(log.clone(), group, chunk_bytes),
-            applier,
-            core,
+            driver: GroupDriver::new(core, applier),
             group,
             log,
             inbox: queues.inbox,
@@ -134,13 +123,7 @@ impl GroupLoop {
             policy,
             chunk_bytes,
             write_log_inline: false,
-            pending_writes: BTreeMap::new(),
-            confirming_reads: HashMap::new(),
-            ready_reads: Vec::new(),
-            next_read_ctx: 1,
             building: false,
-            fatal: None,
-            was_leader: false,
         }
     }
 
@@ -166,21 +149,21 @@ impl GroupLoop {
     /// must not serve lease reads on it, while the others may have elected
     /// a new leader in the meantime.
     fn advance_clock(&mut self, due: Instant) -> Instant {
-        self.core.tick();
+        self.driver.core_mut().tick();
         let next = due + TICK;
         let now = Instant::now();
         if next >= now {
             return next;
         }
-        self.core.skip_ticks(ticks_missed(next, now));
+        self.driver.core_mut().skip_ticks(ticks_missed(next, now));
         now + TICK
     }
 
     /// Runs until shut down or the inbox closes.
     pub(crate) async fn run(mut self) {
         // A sole voter need not wait out an election timeout.
-        if self.core.membership().voters.len() == 1 {
-            self.core.start_election();
+        if self.driver.core_mut().membership().voters.len() == 1 {
+            self.driver.core_mut().start_election();
         }
         let shutdown = self.shutdown.clone();
         let mut next_tick = Instant::now() + TICK;
@@ -228,7 +211,7 @@ impl GroupLoop {
                 tick.as_mut().reset(next_tick);
             }
         }
-        self.fail_all(NodeError::Closed);
+        self.driver.fail_all(NodeError::Closed);
         // A running snapshot build holds the store: let it finish before
         // the node closes the store under it.
         while self.building {
@@ -241,7 +224,7 @@ impl GroupLoop {
     }
 
     fn on_message(&mut self, msg: Message) {
-        match self.core.step(msg) {
+        match self.driver.step(msg) {
             Ok(()) => {}
             Err(e @ RefusedMessage::Malformed { .. }) => {
                 warn!(group = self.group, "dropped a message: {e}");
@@ -252,104 +235,36 @@ impl GroupLoop {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Write { command, reply } => self.on_write(command, reply),
+            Event::Write { command, reply } => self.driver.write(command, reply),
             Event::Read {
                 consistency,
                 key,
                 reply,
-            } => self.on_read(consistency, key, reply),
+            } => self.driver.read(consistency, key, reply),
             Event::Status(reply) => {
                 let status = GroupStatus {
-                    raft: self.core.status(),
-                    applied_index: self.applier.applied_index(),
+                    raft: self.driver.core().status(),
+                    applied_index: self.driver.machine().applied().index,
                     log_bytes: self.log.log_bytes(self.group).unwrap_or(0),
-                    sessions: self.applier.session_count(),
-                    inflight_writes: self.pending_writes.len(),
+                    sessions: self.driver.machine().session_count(),
+                    inflight_writes: self.driver.inflight_writes(),
                 };
                 let _ = reply.send(status);
             }
         }
     }
 
-    fn on_write(&mut self, command: Vec<u8>, reply: Reply<WriteReply>) {
-        if let Some(why) = &self.fatal {
-            let _ = reply.send(Err(NodeError::Storage(why.clone())));
-            return;
-        }
-        match self.core.propose(command) {
-            Ok((index, term)) => {
-                self.pending_writes.insert(index, (term, reply));
-            }
-            Err(e) => {
-                let _ = reply.send(Err(self.propose_error(e)));
-            }
-        }
-    }
-
-    fn on_read(
-        &mut self,
-        consistency: ReadConsistency,
-        key: Option<Vec<u8>>,
-        reply: Reply<Option<Vec<u8>>>,
-    ) {
-        let waiter = ReadWaiter { key, reply };
-        let ctx = self.next_read_ctx;
-        self.next_read_ctx += 1;
-        match consistency {
-            ReadConsistency::Stale => self.serve_read(waiter),
-            ReadConsistency::Lease => match self.core.read_lease(ctx) {
-                Ok(state) => self.serve_once_applied(state.index, waiter),
-                Err(ProposeError::LeaseExpired) => self.read_index(ctx, waiter),
-                Err(e) => {
-                    let _ = waiter.reply.send(Err(self.propose_error(e)));
-                }
-            },
-            ReadConsistency::Linearizable => self.read_index(ctx, waiter),
-        }
-    }
-
-    fn read_index(&mut self, ctx: u64, waiter: ReadWaiter) {
-        match self.core.read_index(ctx) {
-            Ok(()) => self.confirming_reads.entry(ctx).or_default().push(waiter),
-            Err(e) => {
-                let _ = waiter.reply.send(Err(self.propose_error(e)));
-            }
-        }
-    }
-
-    fn serve_read(&self, waiter: ReadWaiter) {
-        let result = match &waiter.key {
-            None => Ok(None),
-            Some(key) => self
-                .applier
-                .get(key)
-                .map_err(|e| NodeError::Storage(e.to_string())),
-        };
-        let _ = waiter.reply.send(result);
-    }
-
-    fn propose_error(&self, e: ProposeError) -> NodeError {
-        match e {
-            ProposeError::NotLeader { leader_hint } => NodeError::NotLeader {
-                leader: (leader_hint != 0).then_some(leader_hint),
-            },
-            ProposeError::Overloaded { .. } => NodeError::Overloaded(e.to_string()),
-            ProposeError::Invalid(why) => NodeError::Invalid(why),
-            other => NodeError::Unavailable(other.to_string()),
-        }
-    }
-
     fn on_done(&mut self, done: Done) {
         match done {
             Done::Persisted { seq, result } => match result {
-                Ok(()) => self.core.on_persisted(seq),
+                Ok(()) => self.driver.core_mut().on_persisted(seq),
                 Err(e) => self.poison(format!("a log write failed: {e}")),
             },
             Done::SnapshotBuilt(result) => {
                 self.building = false;
                 match result {
                     Ok(meta) => {
-                        if let Err(e) = self.core.compact(meta.index) {
+                        if let Err(e) = self.driver.core_mut().compact(meta.index) {
                             warn!(
                                 group = self.group,
                                 "compaction after a snapshot refused: {e}"
@@ -366,28 +281,11 @@ impl GroupLoop {
     /// poisoned too), answering every waiting caller.
     fn poison(&mut self, why: String) {
         warn!(group = self.group, "{why}; refusing writes until restarted");
-        self.fatal.get_or_insert(why.clone());
-        self.fail_all(NodeError::Storage(why));
-    }
-
-    fn fail_all(&mut self, error: NodeError) {
-        for (_, (_, reply)) in std::mem::take(&mut self.pending_writes) {
-            let _ = reply.send(Err(error.clone()));
-        }
-        for waiter in std::mem::take(&mut self.confirming_reads)
-            .into_values()
-            .flatten()
-        {
-            let _ = waiter.reply.send(Err(error.clone()));
-        }
-        for (_, waiter) in std::mem::take(&mut self.ready_reads) {
-            let _ = waiter.reply.send(Err(error.clone()));
-        }
+        self.driver.poison(why);
     }
 
     async fn process_ready(&mut self) {
-        while self.core.has_ready() {
-            let ready = self.core.take_ready();
+        while let Some(ready) = self.driver.next_ready() {
             // A log written inline blocks this loop until it is durable, so
             // the messages go first: they are safe to send before the
             // persist (the core holds back those that promise durable
@@ -406,12 +304,19 @@ impl GroupLoop {
             if let Some(request) = persist {
                 self.persist(request).await;
             }
-            if !ready.committed_entries.is_empty() {
-                self.apply(ready.committed_entries);
+            let was_fatal = self.driver.fatal().is_some();
+            self.driver.apply(ready.committed_entries);
+            if let (false, Some(why)) = (was_fatal, self.driver.fatal()) {
+                warn!(group = self.group, "{why}; refusing writes until restarted");
             }
-            self.on_read_states(ready.read_states);
+            // Every read the loop asks for is the driver's own.
+            let _ = self.driver.on_read_states(ready.read_states);
             for request in ready.snapshot_reads {
-                if let Err(e) = self.core.answer_snapshot_read(&request, &self.snapshots) {
+                if let Err(e) = self
+                    .driver
+                    .core_mut()
+                    .answer_snapshot_read(&request, &self.snapshots)
+                {
                     debug!(
                         group = self.group,
                         to = request.to,
@@ -420,25 +325,12 @@ impl GroupLoop {
                 }
             }
         }
-        self.after_role_change();
+        self.driver.end_round();
         self.maybe_build_snapshot();
     }
 
-    /// A leader that stepped down answers its waiting callers: their
-    /// entries may still commit under the new leader, and a retry carrying
-    /// the same session sequence number is then answered from the session.
-    fn after_role_change(&mut self) {
-        let is_leader = self.core.role() == Role::Leader;
-        if self.was_leader && !is_leader {
-            self.fail_all(NodeError::NotLeader {
-                leader: leader_of(&self.core),
-            });
-        }
-        self.was_leader = is_leader;
-    }
-
     async fn persist(&mut self, mut request: PersistRequest) {
-        if let Some(why) = &self.fatal {
+        if let Some(why) = self.driver.fatal() {
             debug!(
                 group = self.group,
                 "not persisting after a storage failure: {why}"
@@ -463,7 +355,7 @@ impl GroupLoop {
         let seq = request.seq;
         if self.write_log_inline {
             match self.log.write_now(vec![write]) {
-                Ok(()) => self.core.on_persisted(seq),
+                Ok(()) => self.driver.core_mut().on_persisted(seq),
                 Err(e) => self.poison(format!("a log write failed: {e}")),
             }
             return;
@@ -514,90 +406,24 @@ impl GroupLoop {
             )))
         })??;
         if let Some(meta) = &installed {
-            self.applier.reload(meta)?;
+            self.driver.machine_mut().reload(meta)?;
         }
         Ok(())
     }
 
-    fn apply(&mut self, entries: Vec<Entry>) {
-        if self.fatal.is_some() {
-            return;
-        }
-        let replies = match self.applier.apply(&entries) {
-            Ok(replies) => replies,
-            Err(e) => {
-                self.poison(format!("applying committed entries failed: {e}"));
-                return;
-            }
-        };
-        let mut replies = replies.into_iter().peekable();
-        for entry in &entries {
-            let Some((term, reply)) = self.pending_writes.remove(&entry.index) else {
-                continue;
-            };
-            if term != entry.term {
-                let _ = reply.send(Err(NodeError::NotLeader {
-                    leader: leader_of(&self.core),
-                }));
-                continue;
-            }
-            while replies
-                .peek()
-                .is_some_and(|(index, _)| *index < entry.index)
-            {
-                replies.next();
-            }
-            let result = match replies.next_if(|(index, _)| *index == entry.index) {
-                Some((_, Ok(reply))) => Ok(reply),
-                Some((_, Err(e))) => Err(NodeError::Invalid(e.to_string())),
-                None => Err(NodeError::Invalid(match &entry.payload {
-                    EntryPayload::Normal(_) => "the command was not applied".to_string(),
-                    _ => "not a write".to_string(),
-                })),
-            };
-            let _ = reply.send(result);
-        }
-        let applied = self.applier.applied_index();
-        let mut still_waiting = Vec::new();
-        for (index, waiter) in std::mem::take(&mut self.ready_reads) {
-            if index <= applied {
-                self.serve_read(waiter);
-            } else {
-                still_waiting.push((index, waiter));
-            }
-        }
-        self.ready_reads = still_waiting;
-    }
-
-    fn on_read_states(&mut self, states: Vec<ReadState>) {
-        for state in states {
-            for waiter in self.confirming_reads.remove(&state.ctx).unwrap_or_default() {
-                self.serve_once_applied(state.index, waiter);
-            }
-        }
-    }
-
-    fn serve_once_applied(&mut self, index: Index, waiter: ReadWaiter) {
-        if index <= self.applier.applied_index() {
-            self.serve_read(waiter);
-        } else {
-            self.ready_reads.push((index, waiter));
-        }
-    }
-
     fn maybe_build_snapshot(&mut self) {
-        if self.building || self.fatal.is_some() {
+        if self.building || self.driver.fatal().is_some() {
             return;
         }
         // Runs after every round: plain accessors, not a whole status().
         let size = LogSize {
             bytes: self.log.log_bytes(self.group).unwrap_or(0),
-            snapshot_index: self.core.snapshot_meta().index,
-            last_index: self.core.last_index(),
+            snapshot_index: self.driver.core_mut().snapshot_meta().index,
+            last_index: self.driver.core_mut().last_index(),
         };
         if self
             .policy
-            .compact_to(size, self.applier.applied_index())
+            .compact_to(size, self.driver.machine().applied().index)
             .is_none()
         {
             return;
@@ -616,12 +442,6 @@ impl GroupLoop {
             warn!(group, "cannot start a snapshot build thread: {e}");
         }
     }
-}
-
-/// The id of a node that leads nothing: 0 in the core, `None` here.
-fn leader_of(core: &RaftCore) -> Option<NodeId> {
-    let leader = core.leader();
-    (leader != 0).then_some(leader)
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@
 //! beyond `flotilla_wal::MAX_QUEUED_REQUESTS`; the leader refuses proposals
 //! beyond `max_uncommitted_bytes`.
 
-mod apply;
 mod group;
 mod request;
 
@@ -34,11 +33,11 @@ use tokio::sync::oneshot;
 use tokio::sync::Notify;
 use tracing::debug;
 
+pub use crate::group::{GroupStatus, NodeError, ReadConsistency};
 pub use group::TICK;
-pub use request::{GroupStatus, NodeError, ReadConsistency};
 
+use crate::group::KvApplier;
 use crate::kv::{SessionLimits, WriteReply};
-use crate::node::apply::Applier;
 use crate::node::group::{GroupLoop, GroupQueues};
 use crate::node::request::Event;
 use crate::raft::config::Config;
@@ -271,8 +270,8 @@ impl Node {
         };
         for &group in &options.groups {
             let data = GroupData::new(log.clone(), group);
-            let applier =
-                Applier::load(data.clone(), options.sessions, &initial).map_err(|e| storage(&e))?;
+            let applier = KvApplier::load(data.clone(), options.sessions, &initial)
+                .map_err(|e| storage(&e))?;
             let restore = restore_state(&log, group, &initial, applier.applied().index)
                 .map_err(|e| storage(&e))?;
             let mut cfg = options.raft.clone();

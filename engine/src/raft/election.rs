@@ -10,6 +10,11 @@ use crate::raft::progress::Progress;
 use crate::raft::read::LeaderReads;
 
 impl RaftCore {
+    /// Restarts the election timer with a fresh timeout from `[T, 2T)`. Every
+    /// restart draws anew, except on repeated contact from the leader we
+    /// follow (`follow` zeroes the count and keeps the draw made when we began
+    /// to follow it): a kept draw would give a node the same place in every
+    /// race after a failed election.
     pub(crate) fn reset_election_timer(&mut self) {
         self.election_elapsed = 0;
         let base = self.cfg.election_timeout_ticks;

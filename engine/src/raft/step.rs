@@ -139,7 +139,15 @@ impl RaftCore {
                 let granted = can_vote && self.log.is_up_to_date(last_index, last_term);
                 if granted {
                     self.set_hard_state(self.term, msg.from);
-                    self.election_elapsed = 0;
+                    // Restart the timer with a fresh random timeout, as a
+                    // campaign does. Keeping the old one made a voter that
+                    // grants every round (failed elections, PreVote off) time
+                    // out after the same long draw each round, so it kept
+                    // losing the race to the same candidates however often
+                    // they lost their elections (simulator seed 9,075,098:
+                    // the only voters able to win held 17 and 19 ticks for
+                    // ten timeouts while doomed candidates drew again).
+                    self.reset_election_timer();
                 }
                 let reply = self.message(msg.from, MessageBody::RequestVoteResponse { granted });
                 self.respond(reply);

@@ -1,4 +1,8 @@
-//! The simulated cluster: nodes, network, disks and the step loop.
+//! The simulated cluster: nodes, network, disks and the step loop. Each
+//! node runs a [`GroupDriver`](crate::group::GroupDriver), as a node's group
+//! loop does, over a state machine: the recording [`StateMachine`] for the
+//! Raft-level scenarios, or the key/value machine with sessions for the
+//! client scenarios (`sim::kv`).
 
 use flotilla_wal::{Index, Membership, NodeId, Term};
 
@@ -12,7 +16,7 @@ use crate::sim::checker::Checker;
 use crate::sim::disk::SimDisk;
 use crate::sim::fnv::Fnv64;
 use crate::sim::network::{LinkFaults, SimNetwork};
-use crate::sim::node::{SimNode, StateMachine};
+use crate::sim::node::{MachineLoader, SimMachine, SimNode, StateMachine};
 
 /// Simulated steps per core tick: messages and syncs take a few steps.
 pub const STEPS_PER_TICK: u64 = 10;
@@ -72,10 +76,11 @@ impl ClusterOptions {
     }
 }
 
-/// A deterministic simulated cluster of Raft cores.
-pub struct Cluster {
+/// A deterministic simulated cluster of Raft groups, one node's driver
+/// each, over state machines `M`.
+pub struct Cluster<M: SimMachine = StateMachine> {
     /// Nodes, `nodes[i]` has id `i + 1`.
-    pub nodes: Vec<SimNode>,
+    pub nodes: Vec<SimNode<M>>,
     /// The network.
     pub net: SimNetwork,
     /// The safety checker.
@@ -91,11 +96,31 @@ pub struct Cluster {
     isolated: std::collections::BTreeSet<NodeId>,
     /// The most recent events, kept when `record_events` was called (for `--trace`).
     events: Option<std::collections::VecDeque<String>>,
+    /// Builds a node's machine from a snapshot image.
+    load: MachineLoader<M>,
+    /// Nodes whose driver stopped on a failed apply, already reported.
+    stopped: std::collections::BTreeSet<NodeId>,
 }
 
 impl Cluster {
-    /// Builds and starts a cluster.
+    /// Builds and starts a cluster of recording state machines.
     pub fn new(opts: ClusterOptions) -> Self {
+        Cluster::with_machines(
+            opts,
+            StateMachine::default().image(),
+            StateMachine::loader(),
+        )
+    }
+}
+
+impl<M: SimMachine> Cluster<M> {
+    /// Builds and starts a cluster whose nodes start from the snapshot
+    /// image `initial_image` and build their machines with `load`.
+    pub fn with_machines(
+        opts: ClusterOptions,
+        initial_image: Vec<u8>,
+        load: MachineLoader<M>,
+    ) -> Self {
         let membership = Membership::with_voters(1..=opts.voters as u64);
         let mut nodes = Vec::new();
         for id in 1..=opts.nodes as u64 {
@@ -112,13 +137,13 @@ impl Cluster {
             config.seed = opts.seed;
             let mut node = SimNode {
                 id,
-                core: None,
-                disk: SimDisk::new(snapshot, StateMachine::default().image()),
-                sm: StateMachine::default(),
+                driver: None,
+                crashed_machine: None,
+                disk: SimDisk::new(snapshot, initial_image.clone()),
                 config,
                 read_states: Vec::new(),
             };
-            if let Err(e) = node.start() {
+            if let Err(e) = node.start(&load) {
                 panic!("simulated node {id} failed to start: {e}");
             }
             nodes.push(node);
@@ -133,6 +158,8 @@ impl Cluster {
             checked_commit: vec![0; opts.nodes],
             isolated: Default::default(),
             events: None,
+            load,
+            stopped: Default::default(),
             nodes,
             net,
             checker,
@@ -177,18 +204,33 @@ impl Cluster {
     }
 
     /// Node `id`.
-    pub fn node(&self, id: NodeId) -> &SimNode {
+    pub fn node(&self, id: NodeId) -> &SimNode<M> {
         &self.nodes[id as usize - 1]
     }
 
     /// The running core of node `id`, if it is up.
     pub fn core(&self, id: NodeId) -> Option<&RaftCore> {
-        self.nodes[id as usize - 1].core.as_ref()
+        self.nodes[id as usize - 1].core()
     }
 
     /// Runs `f` on node `id`'s core (if up) and processes what it produced.
     pub fn with_core<R>(&mut self, id: NodeId, f: impl FnOnce(&mut RaftCore) -> R) -> Option<R> {
-        let result = self.nodes[id as usize - 1].core.as_mut().map(f);
+        let result = self.nodes[id as usize - 1]
+            .driver
+            .as_mut()
+            .map(|d| f(d.core_mut()));
+        self.drain(id);
+        result
+    }
+
+    /// Runs `f` on node `id`'s driver (if up), as a caller of the node's
+    /// group would, and processes what it produced.
+    pub fn with_driver<R>(
+        &mut self,
+        id: NodeId,
+        f: impl FnOnce(&mut crate::sim::node::SimDriver<M>) -> R,
+    ) -> Option<R> {
+        let result = self.nodes[id as usize - 1].driver.as_mut().map(f);
         self.drain(id);
         result
     }
@@ -204,18 +246,18 @@ impl Cluster {
         self.now += 1;
         if self.now % STEPS_PER_TICK == 0 {
             for id in 1..=self.nodes.len() as u64 {
-                if let Some(core) = self.nodes[id as usize - 1].core.as_mut() {
-                    core.tick();
+                if let Some(driver) = self.nodes[id as usize - 1].driver.as_mut() {
+                    driver.core_mut().tick();
                     self.drain(id);
                 }
             }
         }
         for msg in self.net.due(self.now) {
             let to = msg.to;
-            let Some(core) = self
+            let Some(driver) = self
                 .nodes
                 .get_mut(to as usize - 1)
-                .and_then(|n| n.core.as_mut())
+                .and_then(|n| n.driver.as_mut())
             else {
                 continue;
             };
@@ -226,7 +268,7 @@ impl Cluster {
                 }
                 events.push_back(format!("[{}] deliver {:?}", self.now, msg));
             }
-            if let Err(e) = core.step(msg) {
+            if let Err(e) = driver.step(msg) {
                 self.checker.violation(format!("refused message: {e}"));
             }
             self.drain(to);
@@ -237,17 +279,20 @@ impl Cluster {
                 if let Some(e) = done.error {
                     self.checker.violation(format!("node {id}: {e}"));
                 }
-                let node = &mut self.nodes[id as usize - 1];
-                if let Some(image) = done.installed {
-                    match StateMachine::from_image(&image) {
-                        Ok(sm) => node.sm = sm,
+                if let Some((meta, image)) = done.installed {
+                    match (self.load)(&image, &meta) {
+                        Ok(machine) => {
+                            if let Some(driver) = self.nodes[id as usize - 1].driver.as_mut() {
+                                *driver.machine_mut() = machine;
+                            }
+                        }
                         Err(e) => self.checker.violation(format!("node {id}: {e}")),
                     }
                 }
                 self.trace.write_u64(done.seq);
                 self.event(|| format!("node {id} synced persist seq {}", done.seq));
-                if let Some(core) = self.nodes[id as usize - 1].core.as_mut() {
-                    core.on_persisted(done.seq);
+                if let Some(driver) = self.nodes[id as usize - 1].driver.as_mut() {
+                    driver.core_mut().on_persisted(done.seq);
                 }
                 self.drain(id);
             }
@@ -263,7 +308,7 @@ impl Cluster {
     }
 
     /// Steps until `done` holds or `max_ticks` pass; returns whether it held.
-    pub fn run_until(&mut self, max_ticks: u64, mut done: impl FnMut(&Cluster) -> bool) -> bool {
+    pub fn run_until(&mut self, max_ticks: u64, mut done: impl FnMut(&Self) -> bool) -> bool {
         for _ in 0..max_ticks * STEPS_PER_TICK {
             if done(self) {
                 return true;
@@ -273,17 +318,20 @@ impl Cluster {
         done(self)
     }
 
-    /// Carries out everything node `id`'s core has ready.
+    /// Carries out everything node `id`'s driver has ready, as a node's
+    /// group loop does: persist, send, apply, answer reads, read snapshot
+    /// chunks; then the end of the round.
     fn drain(&mut self, id: NodeId) {
         let idx = id as usize - 1;
         loop {
-            let Some(core) = self.nodes[idx].core.as_mut() else {
+            let Some(driver) = self.nodes[idx].driver.as_mut() else {
                 return;
             };
-            if !core.has_ready() {
+            let Some(ready) = driver.next_ready() else {
+                driver.end_round();
                 return;
-            }
-            let ready = core.take_ready();
+            };
+            let core = driver.core();
             let term = core.term();
             if ready.is_empty() {
                 self.checker.violation(format!(
@@ -321,17 +369,24 @@ impl Cluster {
             for entry in &ready.committed_entries {
                 self.trace.write_u64(entry.index);
                 self.checker.observe_committed(id, entry, term);
-                if let Err(e) = self.nodes[idx].sm.apply(entry) {
-                    self.checker.violation(format!("node {id}: {e}"));
+            }
+            let node = &mut self.nodes[idx];
+            let Some(driver) = node.driver.as_mut() else {
+                return;
+            };
+            driver.apply(ready.committed_entries);
+            if let Some(why) = driver.fatal() {
+                if self.stopped.insert(id) {
+                    let why = format!("node {id}: {why}");
+                    self.checker.violation(why);
                 }
             }
-            self.nodes[idx].read_states.extend(ready.read_states);
+            let foreign = driver.on_read_states(ready.read_states);
+            node.read_states.extend(foreign);
             for request in ready.snapshot_reads {
-                let node = &mut self.nodes[idx];
-                let Some(core) = node.core.as_mut() else {
-                    return;
-                };
-                let _ = core.answer_snapshot_read(&request, &node.disk.snapshots);
+                let _ = driver
+                    .core_mut()
+                    .answer_snapshot_read(&request, &node.disk.snapshots);
             }
             self.maybe_snapshot(idx);
         }
@@ -340,12 +395,12 @@ impl Cluster {
     /// The application's snapshot policy: every N entries or past a log size.
     fn maybe_snapshot(&mut self, idx: usize) {
         let node = &mut self.nodes[idx];
-        let Some(core) = node.core.as_mut() else {
+        let Some(driver) = node.driver.as_mut() else {
             return;
         };
         let snapshot_index = node.disk.snapshot_index();
-        let applied = node.sm.applied;
-        if applied <= snapshot_index || core.applied_index() != applied {
+        let applied = driver.machine().applied_index();
+        if applied <= snapshot_index || driver.core().applied_index() != applied {
             return;
         }
         let by_count = self
@@ -359,14 +414,22 @@ impl Cluster {
         if !(by_count || by_size) {
             return;
         }
-        if let Ok(meta) = core.compact(applied) {
-            node.disk.snapshots.save(meta, node.sm.image());
+        let image = match driver.machine().image() {
+            Ok(image) => image,
+            Err(e) => {
+                let why = format!("node {}: snapshot image: {e}", idx + 1);
+                self.checker.violation(why);
+                return;
+            }
+        };
+        if let Ok(meta) = driver.core_mut().compact(applied) {
+            node.disk.snapshots.save(meta, image);
         }
     }
 
     fn check_invariants(&mut self) {
         for idx in 0..self.nodes.len() {
-            let Some(core) = self.nodes[idx].core.as_ref() else {
+            let Some(core) = self.nodes[idx].core() else {
                 continue;
             };
             let is_leader = core.role() == Role::Leader;
@@ -392,7 +455,9 @@ impl Cluster {
     /// Kills node `id`: its core and unsynced writes are gone; its disk stays.
     pub fn crash(&mut self, id: NodeId) {
         let node = &mut self.nodes[id as usize - 1];
-        node.core = None;
+        if let Some(driver) = node.driver.take() {
+            node.crashed_machine = Some(driver.into_machine());
+        }
         node.disk.crash();
         node.read_states.clear();
         self.was_leader[id as usize - 1] = false;
@@ -405,16 +470,17 @@ impl Cluster {
     pub fn restart(&mut self, id: NodeId) {
         let boot_seed = self.rng.next_u64();
         let node = &mut self.nodes[id as usize - 1];
-        if node.core.is_some() {
+        if node.driver.is_some() {
             return;
         }
         // A restarted node draws new election timeouts, as a real process would.
         node.config.seed = boot_seed;
-        if let Err(e) = node.start() {
+        if let Err(e) = node.start(&self.load) {
             self.checker
                 .violation(format!("restart of node {id} failed: {e}"));
         }
         self.checked_commit[id as usize - 1] = 0;
+        self.stopped.remove(&id);
         self.trace.write(b"restart");
         self.trace.write_u64(id);
         self.event(|| format!("restart node {id}"));
@@ -472,20 +538,29 @@ impl Cluster {
     pub fn leaders(&self) -> Vec<(NodeId, Term)> {
         self.nodes
             .iter()
-            .filter_map(|n| n.core.as_ref())
+            .filter_map(|n| n.core())
             .filter(|c| c.role() == Role::Leader)
             .map(|c| (c.id(), c.term()))
             .collect()
     }
 
+    /// The options the cluster was built with.
+    pub fn options(&self) -> &ClusterOptions {
+        &self.opts
+    }
+}
+
+impl Cluster {
     /// How many running nodes have applied `index`, and the command they agree on.
     /// Disagreement is a safety violation.
     pub fn applied_at(&mut self, index: Index) -> (usize, Option<Vec<u8>>) {
         let mut count = 0;
         let mut value: Option<Vec<u8>> = None;
         for idx in 0..self.nodes.len() {
-            let node = &self.nodes[idx];
-            if let Some(cmd) = node.sm.commands.get(&index) {
+            let Some(machine) = self.nodes[idx].machine() else {
+                continue;
+            };
+            if let Some(cmd) = machine.commands.get(&index) {
                 if let Some(v) = &value {
                     if v != cmd {
                         let msg = format!("nodes disagree on the command applied at {index}");
@@ -497,10 +572,5 @@ impl Cluster {
             }
         }
         (count, value)
-    }
-
-    /// The options the cluster was built with.
-    pub fn options(&self) -> &ClusterOptions {
-        &self.opts
     }
 }

@@ -37,7 +37,7 @@ pub struct SimDisk {
 pub(crate) struct Synced {
     pub(crate) seq: u64,
     /// A snapshot was installed: the state machine must load this image.
-    pub(crate) installed: Option<Vec<u8>>,
+    pub(crate) installed: Option<(SnapshotMeta, Vec<u8>)>,
     /// The snapshot store refused a write the core asked for.
     pub(crate) error: Option<String>,
 }
@@ -111,7 +111,8 @@ impl SimDisk {
         if let Some(meta) = request.install_snapshot {
             match self.snapshots.install_staged(&meta) {
                 Ok(()) => {
-                    installed = Some(self.snapshots.image().unwrap_or_default().to_vec());
+                    let image = self.snapshots.image().unwrap_or_default().to_vec();
+                    installed = Some((meta, image));
                 }
                 Err(e) => error = Some(format!("install refused: {e}")),
             }

@@ -159,7 +159,7 @@ impl Cluster {
                 if self
                     .nodes
                     .iter()
-                    .filter_map(|n| n.core.as_ref())
+                    .filter_map(|n| n.core())
                     .any(|c| c.term() > term)
                 {
                     return None;

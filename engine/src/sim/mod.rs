@@ -13,13 +13,19 @@ pub mod checker;
 mod cluster;
 mod disk;
 mod fnv;
+pub mod kv;
 pub mod lab;
+pub mod linearizability;
 mod network;
 mod node;
+pub mod regression;
 pub mod scenario;
 
 pub use cluster::{Cluster, ClusterOptions, STEPS_PER_TICK};
 pub use disk::SimDisk;
 pub use fnv::Fnv64;
 pub use network::{LinkFaults, SimNetwork};
-pub use node::{SimNode, StateMachine};
+pub use node::{
+    kv_loader, Answers, KvMachineOverMemory, MachineLoader, SimDriver, SimMachine, SimNode,
+    SimReply, StateMachine,
+};

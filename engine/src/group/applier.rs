@@ -1,34 +1,35 @@
-//! Applying committed entries to a group's data in RocksDB: the key/value
-//! machine decides the writes, which go in one batch with the new applied
-//! state, so the applied index always matches the data.
+//! The key/value machine over a group's stored data: the machine decides
+//! the writes, which go in one batch with the new applied state, so the
+//! applied index always matches the data.
 
-use flotilla_snapshot::{AppliedState, DataOp, GroupData, SnapshotError};
-use flotilla_wal::{keys, Entry, EntryPayload, Index, Membership};
+use flotilla_snapshot::{AppliedState, DataOp, GroupStore, SnapshotError};
+use flotilla_wal::{keys, Entry, EntryPayload, Index, Membership, SnapshotMeta};
 
-use crate::kv::{CommandReply, KvMachine, KvView, KvWrite, SessionLimits};
-use crate::raft::message::SnapshotMeta;
+use crate::group::machine::StateMachine;
+use crate::kv::{CommandError, KvMachine, KvView, KvWrite, SessionLimits, WriteReply};
 
-struct DataView<'a>(&'a GroupData);
+struct DataView<'a, D>(&'a D);
 
-impl KvView for DataView<'_> {
+impl<D: GroupStore> KvView for DataView<'_, D> {
     fn get(&self, inner_key: &[u8]) -> Result<Option<Vec<u8>>, String> {
         self.0.get(inner_key).map_err(|e| e.to_string())
     }
 }
 
-/// The applying half of a group.
-pub(crate) struct Applier {
-    data: GroupData,
+/// The applying half of a data group: [`KvMachine`] over a [`GroupStore`]
+/// (RocksDB on a node, memory in the simulator).
+pub struct KvApplier<D> {
+    data: D,
     machine: KvMachine,
     applied: AppliedState,
     limits: SessionLimits,
 }
 
-impl Applier {
+impl<D: GroupStore + Clone> KvApplier<D> {
     /// Loads the stored applied state and sessions (start-up). A group that
     /// has applied nothing yet starts from `initial` membership.
-    pub(crate) fn load(
-        data: GroupData,
+    pub fn load(
+        data: D,
         limits: SessionLimits,
         initial: &Membership,
     ) -> Result<Self, SnapshotError> {
@@ -42,7 +43,7 @@ impl Applier {
         machine
             .load_sessions(stored.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
             .map_err(|detail| SnapshotError::Corrupt { detail })?;
-        Ok(Applier {
+        Ok(KvApplier {
             data,
             machine,
             applied,
@@ -50,9 +51,10 @@ impl Applier {
         })
     }
 
-    /// After a snapshot install replaced the data: start from what it holds.
-    pub(crate) fn reload(&mut self, meta: &SnapshotMeta) -> Result<(), SnapshotError> {
-        let loaded = Applier::load(self.data.clone(), self.limits, &meta.membership)?;
+    /// After a snapshot install replaced the data in the store: start from
+    /// what it holds.
+    pub fn reload(&mut self, meta: &SnapshotMeta) -> Result<(), SnapshotError> {
+        let loaded = KvApplier::load(self.data.clone(), self.limits, &meta.membership)?;
         if loaded.applied.index != meta.index {
             return Err(SnapshotError::Corrupt {
                 detail: format!(
@@ -64,27 +66,33 @@ impl Applier {
         *self = loaded;
         Ok(())
     }
+}
 
+impl<D: GroupStore> KvApplier<D> {
     /// What has been applied.
-    pub(crate) fn applied(&self) -> &AppliedState {
+    pub fn applied(&self) -> &AppliedState {
         &self.applied
     }
 
-    pub(crate) fn applied_index(&self) -> Index {
-        self.applied.index
-    }
-
-    pub(crate) fn session_count(&self) -> usize {
+    /// Client sessions held.
+    pub fn session_count(&self) -> usize {
         self.machine.session_count()
     }
 
-    pub(crate) fn get(&self, inner_key: &[u8]) -> Result<Option<Vec<u8>>, SnapshotError> {
-        self.data.get(inner_key)
+    /// The data this applier writes.
+    pub fn data(&self) -> &D {
+        &self.data
+    }
+}
+
+impl<D: GroupStore> StateMachine for KvApplier<D> {
+    type Reply = Result<WriteReply, CommandError>;
+
+    fn applied_index(&self) -> Index {
+        self.applied.index
     }
 
-    /// Applies `entries` (consecutive, committed) and returns the reply to
-    /// each command by index.
-    pub(crate) fn apply(&mut self, entries: &[Entry]) -> Result<Vec<CommandReply>, SnapshotError> {
+    fn apply(&mut self, entries: &[Entry]) -> Result<Vec<(Index, Self::Reply)>, String> {
         let Some(last) = entries.last() else {
             return Ok(Vec::new());
         };
@@ -98,10 +106,7 @@ impl Applier {
             EntryPayload::Blank => None,
         });
         let commands: Vec<_> = commands.collect();
-        let batch = self
-            .machine
-            .apply(&DataView(&self.data), commands)
-            .map_err(|detail| SnapshotError::Corrupt { detail })?;
+        let batch = self.machine.apply(&DataView(&self.data), commands)?;
         let mut next = self.applied.clone();
         next.index = last.index;
         next.term = last.term;
@@ -116,8 +121,14 @@ impl Applier {
                 KvWrite::Delete(key) => DataOp::Delete(key),
             })
             .collect();
-        self.data.apply_unsynced(&next, ops)?;
+        self.data
+            .apply_unsynced(&next, ops)
+            .map_err(|e| e.to_string())?;
         self.applied = next;
         Ok(batch.replies)
+    }
+
+    fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        self.data.get(key).map_err(|e| e.to_string())
     }
 }
