@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use flotilla_engine::kv::SessionLimits;
 use flotilla_engine::node::{NodeOptions, ReadConsistency};
+use flotilla_shard::ShardPolicy;
 use flotilla_wal::{CompactionPolicy, Durability, MAX_WAL_PREALLOCATION};
 
 use rustls_pki_types::CertificateDer;
@@ -74,6 +75,9 @@ pub struct DbBuilder {
     pub(crate) peers: BTreeMap<u64, SocketAddr>,
     pub(crate) tls: Option<ClusterTls>,
     pub(crate) jobs: JobRegistry,
+    /// The shard count asked for; `None`: the store's, or the default for
+    /// a new store.
+    pub(crate) shards: Option<u64>,
 }
 
 impl DbBuilder {
@@ -109,6 +113,7 @@ impl DbBuilder {
             peers: BTreeMap::new(),
             tls: None,
             jobs: JobRegistry::default(),
+            shards: None,
         }
     }
 
@@ -124,6 +129,17 @@ impl DbBuilder {
     /// Registers a MapReduce job built from the argument it is run with.
     pub fn job_factory(mut self, name: impl Into<String>, factory: JobFactory) -> Self {
         self.jobs.0.insert(name.into(), factory);
+        self
+    }
+
+    /// How many shards keys hash to: fixed when the store is created
+    /// (default 64), any count from 1 to 4,096, and the
+    /// same on every member of a cluster. Opening an existing store with
+    /// another count is an [`Error::Config`]; without this setting a store
+    /// opens with the count it was created with (16 for a store created
+    /// before counts were stored).
+    pub fn shards(mut self, count: u64) -> Self {
+        self.shards = Some(count);
         self
     }
 
@@ -282,6 +298,9 @@ impl DbBuilder {
                 ));
             }
         }
+        if let Some(count) = self.shards {
+            ShardPolicy::new(count).map_err(|e| Error::Config(e.to_string()))?;
+        }
         if self.compaction.max_log_entries == 0 || self.compaction.max_raft_state_bytes == 0 {
             return bad("the compaction thresholds must be above zero".into());
         }
@@ -292,7 +311,11 @@ impl DbBuilder {
     /// recovers everything it holds.
     pub fn open(self) -> Result<Db> {
         self.validate()?;
-        let mut node = NodeOptions::new(self.node_id, self.path.clone());
+        let policy = match self.shards {
+            Some(count) => ShardPolicy::new(count).map_err(|e| Error::Config(e.to_string()))?,
+            None => ShardPolicy::default(),
+        };
+        let mut node = NodeOptions::new(self.node_id, self.path.clone(), policy.setup());
         node.initial_voters = std::iter::once(self.node_id)
             .chain(self.peers.keys().copied())
             .collect();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flotilla_engine::kv::{self, BatchOp, Command, WriteOp, WriteReply};
+use flotilla_engine::kv::{self, BatchOp, Command, ShardOf, WriteOp, WriteReply};
 use flotilla_engine::node::{
     GroupHandle, GroupStatus, NoNetwork, Node, NodeError, NodeOptions, Pending, ReadConsistency,
     Transport,
@@ -14,7 +14,7 @@ use flotilla_engine::node::{
 use flotilla_net::{
     Deliver, FrameKind, Identity, Mesh, Node as NetNode, Serve, DEFAULT_QUEUE_FRAMES,
 };
-use flotilla_wal::keys;
+use flotilla_shard::ShardPolicy;
 use rustls_pki_types::CertificateDer;
 use tracing::{debug_span, Instrument};
 
@@ -57,6 +57,8 @@ const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 struct Inner {
     node: Mutex<Option<Node>>,
     group: GroupHandle,
+    /// The store's shard policy (its count fixed when it was created).
+    shards: ShardPolicy,
     settings: DbBuilder,
     /// Set for a cluster member: requests go through it (and the leader).
     member: Option<Arc<Member>>,
@@ -166,6 +168,17 @@ impl Db {
             }
             other => Error::from(other),
         })?;
+        let shards = ShardPolicy::new(u64::from(node.shards().count()))
+            .map_err(|e| Error::Storage(format!("{}: {e}", settings.path.display())))?;
+        if let Some(asked) = settings.shards.filter(|&n| n != u64::from(shards.count())) {
+            node.shutdown();
+            return Err(Error::Config(format!(
+                "{} holds a store of {} shards, opened with {asked}: the shard count is fixed \
+                 when a store is created (leave it out to open the store with its own)",
+                settings.path.display(),
+                shards.count()
+            )));
+        }
         let group = node
             .groups()
             .next()
@@ -183,6 +196,7 @@ impl Db {
                 settings.peers.clone(),
                 settings.request_timeout,
                 settings.write_limits(),
+                shards,
             ));
             let _entered = runtime.enter();
             let started = start_mesh(&settings, groups, member.clone())?;
@@ -193,6 +207,7 @@ impl Db {
             inner: Arc::new(Inner {
                 node: Mutex::new(Some(node)),
                 group,
+                shards,
                 settings,
                 member,
                 mesh,
@@ -312,6 +327,11 @@ impl Db {
     }
 
     /// The applied data of the store's group (streaming reads for jobs).
+    /// The store's shard policy.
+    pub(crate) fn shards(&self) -> ShardPolicy {
+        self.inner.shards
+    }
+
     pub(crate) fn group_data(&self) -> &flotilla_snapshot::GroupData {
         self.inner.group.data()
     }
@@ -697,7 +717,7 @@ impl AsyncDb {
                 })
                 .await;
         }
-        let inner_key = keys::user_key(key);
+        let inner_key = self.inner.shards.inner_key(key);
         if consistency == ReadConsistency::Stale {
             return self
                 .inner
@@ -746,10 +766,11 @@ impl AsyncDb {
                 .await?;
         }
         let group = self.inner.group.clone();
+        let shards = self.inner.shards;
         let range = range.clone();
         // A long scan must not hold up a tokio worker.
         // One page: nothing travels, so no byte budget.
-        tokio::task::spawn_blocking(move || scan_group(&group, &range, limit, usize::MAX))
+        tokio::task::spawn_blocking(move || scan_group(&group, shards, &range, limit, usize::MAX))
             .await
             .map_err(|e| Error::Storage(format!("scan task failed: {e}")))?
             .map(|page| page.pairs)

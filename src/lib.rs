@@ -31,7 +31,8 @@ pub use builder::{ClusterTls, DbBuilder, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use cluster::async_client::AsyncRemoteClient;
 pub use cluster::client::RemoteClient;
 pub use cluster::files::{
-    init_cluster, load_client, load_node, ClientConfig, ClientFiles, NodeConfig,
+    init_cluster, init_cluster_with, load_client, load_node, ClientConfig, ClientFiles,
+    ClusterInit, NodeConfig,
 };
 pub use cluster::proto::{JobView, RemoteStatus};
 pub use db::{AsyncDb, CasOutcome, Db, Status};
@@ -48,5 +49,6 @@ pub use scan::{Pair, ScanRange};
 pub use flotilla_mapreduce as mr;
 
 pub use flotilla_engine as engine;
+pub use flotilla_shard as shard;
 pub use flotilla_snapshot as snapshot;
 pub use flotilla_wal as wal;

@@ -2,6 +2,7 @@
 //! order, so a scan reads the same range in each shard and merges.
 
 use flotilla_engine::node::GroupHandle;
+use flotilla_shard::ShardPolicy;
 use flotilla_wal::keys;
 
 use crate::error::{Error, Result};
@@ -82,10 +83,22 @@ pub(crate) fn shard_bounds(shard: u16, start: &[u8], end: &[u8]) -> (Vec<u8>, Ve
 /// at least one pair, so a single pair above this still travels alone.
 pub(crate) const MAX_SCAN_PAGE_BYTES: usize = 2 << 20;
 
-/// Pairs one shard's cursor reads from storage at a time, and the bytes
-/// after which it stops early: 16 shards buffer at most about 4 MiB.
+/// What a scan's shard cursors buffer together at most, whatever the shard
+/// count: each reads `1/count` of it at a time (at most 256 pairs, and
+/// always one pair, so a shard whose next pair is larger than its share
+/// still moves on).
+const SCAN_BUFFER_PAIRS: usize = 4096;
+const SCAN_BUFFER_BYTES: usize = 4 << 20;
 const SHARD_CHUNK_PAIRS: usize = 256;
-const SHARD_CHUNK_BYTES: usize = 256 << 10;
+
+/// One shard cursor's chunk, in pairs and bytes, with `shards` cursors.
+fn shard_chunk(shards: u16) -> (usize, usize) {
+    let shards = usize::from(shards.max(1));
+    (
+        (SCAN_BUFFER_PAIRS / shards).clamp(1, SHARD_CHUNK_PAIRS),
+        (SCAN_BUFFER_BYTES / shards).max(1),
+    )
+}
 
 /// Part of a scan: the pairs in key order, and whether the range holds more
 /// after the last of them (the page stopped at its limit or byte budget).
@@ -107,9 +120,9 @@ struct ShardCursor {
 }
 
 impl ShardCursor {
-    /// Reads the shard's next chunk, at most `max_pairs`, if nothing is
-    /// buffered.
-    fn fill(&mut self, group: &GroupHandle, max_pairs: usize) -> Result<()> {
+    /// Reads the shard's next chunk, at most `max_pairs` or (past the first
+    /// pair) `max_bytes`, if nothing is buffered.
+    fn fill(&mut self, group: &GroupHandle, max_pairs: usize, max_bytes: usize) -> Result<()> {
         if self.buffered.is_empty() && !self.exhausted {
             let (mut pairs, mut bytes) = (0, 0);
             let mut last = None;
@@ -123,13 +136,13 @@ impl ShardCursor {
                     last = Some(inner.to_vec());
                     pairs += 1;
                     bytes += inner.len() + value.len();
-                    pairs < max_pairs && bytes < SHARD_CHUNK_BYTES
+                    pairs < max_pairs && bytes < max_bytes
                 })
                 .map_err(|e| Error::Storage(e.to_string()))?;
             match last {
                 // The chunk stopped early, or reached the end exactly: read
                 // on after its last key (the next read finds nothing then).
-                Some(mut after) if pairs >= max_pairs || bytes >= SHARD_CHUNK_BYTES => {
+                Some(mut after) if pairs >= max_pairs || bytes >= max_bytes => {
                     after.push(0);
                     self.from = after;
                 }
@@ -174,12 +187,13 @@ where
 /// the first pair).
 pub(crate) fn scan_group(
     group: &GroupHandle,
+    shards: ShardPolicy,
     range: &ScanRange,
     limit: usize,
     max_bytes: usize,
 ) -> Result<ScanPage> {
     let (start, end) = range.bounds()?;
-    let mut cursors: Vec<ShardCursor> = (0..keys::SHARDS)
+    let mut cursors: Vec<ShardCursor> = (0..shards.count())
         .map(|shard| {
             let (from, to) = shard_bounds(shard, &start, &end);
             ShardCursor {
@@ -194,10 +208,11 @@ pub(crate) fn scan_group(
     let mut bytes = 0usize;
     // No shard gives more than the limit, and one more pair tells whether
     // the range goes on: a small scan reads little.
-    let chunk = SHARD_CHUNK_PAIRS.min(limit.saturating_add(1));
+    let (chunk_pairs, chunk_bytes) = shard_chunk(shards.count());
+    let chunk_pairs = chunk_pairs.min(limit.saturating_add(1));
     loop {
         for cursor in &mut cursors {
-            cursor.fill(group, chunk)?;
+            cursor.fill(group, chunk_pairs, chunk_bytes)?;
         }
         // The shard whose next key is smallest: keys hash to shards, so
         // every shard holds part of any range.
@@ -235,5 +250,13 @@ mod tests {
         assert_eq!(prefix_end(b"\xff\xff"), Vec::<u8>::new());
         assert_eq!(prefix_end(b""), Vec::<u8>::new());
         assert!(ScanRange::range("b", "a").bounds().is_err());
+    }
+
+    #[test]
+    fn shard_cursors_buffer_about_4_mib_together_whatever_the_count() {
+        assert_eq!(shard_chunk(16), (256, 256 << 10));
+        assert_eq!(shard_chunk(64), (64, 64 << 10));
+        assert_eq!(shard_chunk(4096), (1, 1 << 10));
+        assert_eq!(shard_chunk(1), (256, 4 << 20));
     }
 }

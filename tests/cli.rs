@@ -250,6 +250,25 @@ fn bad_cluster_files_and_unreachable_members_get_messages_naming_them() {
         .expect("init again");
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a cluster"));
+    // The shard count is written into every member's config; a count out
+    // of range is refused before anything is written.
+    let config = std::fs::read_to_string(cluster.join("node2.toml")).expect("config");
+    assert!(config.contains("shards = 64"), "{config}");
+    let other = dir.path().join("other");
+    let refused = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args([
+            "cluster", "init", "--nodes", "3", "--shards", "5000", "--dir",
+        ])
+        .arg(&other)
+        .output()
+        .expect("init with too many shards");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("1 to 4096 shards, not 5000"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(!other.exists());
 
     let serve = |config: &Path| {
         Command::new(env!("CARGO_BIN_EXE_flotilla"))

@@ -327,14 +327,15 @@ fn no_acknowledged_write_is_lost_to_kill_9() {
 /// data and applied index in the one RocksDB store, and all survive a reopen.
 #[test]
 fn one_node_hosts_several_groups_side_by_side() {
+    use flotilla::engine::kv::ShardOf;
     use flotilla::engine::kv::{command, Command, WriteOp, WriteReply};
     use flotilla::engine::node::{NoNetwork, Node, NodeOptions, ReadConsistency};
-    use flotilla::wal::keys;
+    use flotilla::shard::ShardPolicy;
 
     let dir = temp();
     let path = dir.path().join("node");
     let options = || {
-        let mut options = NodeOptions::new(1, &path);
+        let mut options = NodeOptions::new(1, &path, ShardPolicy::default().setup());
         options.groups = vec![1, 2, 3];
         options
     };
@@ -383,9 +384,101 @@ fn one_node_hosts_several_groups_side_by_side() {
         let handle = node.group(group).expect("group");
         let value = handle
             .data()
-            .get(&keys::user_key(b"shared-key"))
+            .get(&ShardPolicy::default().inner_key(b"shared-key"))
             .expect("read");
         assert_eq!(value, Some(format!("group {group}").into_bytes()));
         assert!(handle.read(ReadConsistency::Stale, None).is_ok());
     }
+}
+
+/// Every key of `db`, by a full scan.
+fn all_keys(db: &Db) -> Vec<Vec<u8>> {
+    db.scan(&ScanRange::prefix(Vec::new()), usize::MAX)
+        .expect("scan")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
+}
+
+#[test]
+fn the_shard_count_is_fixed_when_the_store_is_created() {
+    let dir = temp();
+    let path = dir.path().join("db");
+    for bad in [0, 4097] {
+        match Db::builder(&path).shards(bad).open() {
+            Err(Error::Config(m)) => assert!(m.contains(&format!("not {bad}")), "{m}"),
+            Err(other) => panic!("expected a config error, got {other}"),
+            Ok(_) => panic!("opened with {bad} shards"),
+        }
+        assert!(!path.exists(), "a refused open created the store");
+    }
+    let keys: Vec<Vec<u8>> = (0..200u32)
+        .map(|i| format!("key{i:03}").into_bytes())
+        .collect();
+    {
+        let db = Db::builder(&path)
+            .shards(8)
+            .open()
+            .expect("create with 8 shards");
+        for key in &keys {
+            db.put(key, b"v").expect("put");
+        }
+    }
+    // Without a count the store opens with its own; every key is where it was.
+    {
+        let db = Db::open(&path).expect("reopen");
+        assert_eq!(all_keys(&db), keys);
+        for key in &keys {
+            assert_eq!(db.get(key).expect("get").as_deref(), Some(&b"v"[..]));
+        }
+    }
+    match Db::builder(&path).shards(64).open() {
+        Err(Error::Config(m)) => {
+            assert!(m.contains("store of 8 shards, opened with 64"), "{m}")
+        }
+        Err(other) => panic!("expected a config error, got {other}"),
+        Ok(_) => panic!("opened an 8-shard store with 64 shards"),
+    }
+    // The refused open changed nothing.
+    let db = Db::builder(&path)
+        .shards(8)
+        .open()
+        .expect("the right count");
+    assert_eq!(all_keys(&db), keys);
+}
+
+#[test]
+fn a_store_created_before_shard_counts_were_stored_opens_with_16() {
+    use flotilla::wal::keys::SHARD_COUNT_KEY;
+    use flotilla::wal::rocksdb::{Options, DB};
+
+    let dir = temp();
+    let path = dir.path().join("db");
+    let keys: Vec<Vec<u8>> = (0..200u32)
+        .map(|i| format!("key{i:03}").into_bytes())
+        .collect();
+    {
+        let db = Db::builder(&path).shards(16).open().expect("create");
+        for key in &keys {
+            db.put(key, b"v").expect("put");
+        }
+    }
+    // Such a store is this one without its stored count.
+    {
+        let families = DB::list_cf(&Options::default(), &path).expect("column families");
+        let raw = DB::open_cf(&Options::default(), &path, families).expect("raw open");
+        assert!(raw.get(SHARD_COUNT_KEY).expect("read").is_some());
+        raw.delete(SHARD_COUNT_KEY).expect("delete");
+        raw.flush_wal(true).expect("sync");
+    }
+    let db = Db::open(&path).expect("open a store without a stored count");
+    assert_eq!(all_keys(&db), keys);
+    for key in &keys {
+        assert_eq!(db.get(key).expect("get").as_deref(), Some(&b"v"[..]));
+    }
+    drop(db);
+    assert!(matches!(
+        Db::builder(&path).shards(64).open(),
+        Err(Error::Config(ref m)) if m.contains("store of 16 shards")
+    ));
 }

@@ -11,6 +11,7 @@
 
 mod config;
 pub mod controller;
+mod policy;
 mod rebalance;
 
 pub use config::{ShardConfig, ShardId, MAX_SHARDS, NO_GROUP};
@@ -18,4 +19,5 @@ pub use controller::{
     sim_loader, Controller, ControllerCommand, ControllerError, ControllerOp, ControllerReply,
     Query, SimController,
 };
+pub use policy::{BadShardCount, ShardPolicy, DEFAULT_SHARDS, LEGACY_SHARDS};
 pub use rebalance::rebalance;

@@ -59,6 +59,12 @@ pub struct NodeConfig {
     /// `DbBuilder::max_sessions`; default 10,000). The same on every member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sessions: Option<usize>,
+    /// How many shards keys hash to (see `DbBuilder::shards`): fixed when
+    /// the cluster is created, the same on every member; `cluster init`
+    /// writes it. Left out, a member opens its store with the store's own
+    /// count (64 for a new store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u64>,
     /// The other members: node id → address.
     pub peers: BTreeMap<String, SocketAddr>,
 }
@@ -139,11 +145,39 @@ fn parse_ids(map: &BTreeMap<String, SocketAddr>, file: &Path) -> Result<BTreeMap
         .collect()
 }
 
-/// Writes a CA, certificates and configs for `nodes` members on loopback.
+/// What `cluster init` makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterInit {
+    /// Members (1 or more).
+    pub nodes: u64,
+    /// Shards keys hash to (1 to 4,096; default 64).
+    pub shards: u64,
+}
+
+impl ClusterInit {
+    /// `nodes` members and the default shard count.
+    pub fn new(nodes: u64) -> Self {
+        ClusterInit {
+            nodes,
+            shards: u64::from(flotilla_shard::DEFAULT_SHARDS),
+        }
+    }
+}
+
+/// Writes a CA, certificates and configs for `nodes` members on loopback,
+/// with the default shard count.
 pub fn init_cluster(nodes: u64, dir: &Path) -> Result<()> {
+    init_cluster_with(ClusterInit::new(nodes), dir)
+}
+
+/// Writes a CA, certificates and configs for the cluster `init` describes,
+/// on loopback.
+pub fn init_cluster_with(init: ClusterInit, dir: &Path) -> Result<()> {
+    let ClusterInit { nodes, shards } = init;
     if nodes == 0 {
         return Err(Error::Config("a cluster needs at least one node".into()));
     }
+    flotilla_shard::ShardPolicy::new(shards).map_err(|e| Error::Config(e.to_string()))?;
     if dir.join("cluster.toml").exists() {
         return Err(Error::Config(format!(
             "{} already holds a cluster; choose an empty directory",
@@ -179,6 +213,7 @@ pub fn init_cluster(nodes: u64, dir: &Path) -> Result<()> {
             max_log_entries: None,
             max_raft_state_bytes: None,
             max_sessions: None,
+            shards: Some(shards),
             peers: addrs
                 .iter()
                 .filter(|(&peer, _)| peer != id)
@@ -268,6 +303,9 @@ pub fn load_node(file: &Path) -> Result<DbBuilder> {
         .tls(tls);
     if let Some(sessions) = config.max_sessions {
         builder = builder.max_sessions(sessions);
+    }
+    if let Some(shards) = config.shards {
+        builder = builder.shards(shards);
     }
     for (id, addr) in parse_ids(&config.peers, file)? {
         builder = builder.peer(id, addr);

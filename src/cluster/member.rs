@@ -7,10 +7,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use flotilla_engine::kv::ShardOf;
 use flotilla_engine::node::{GroupHandle, NodeError, ReadConsistency, Transport};
 use flotilla_engine::{decode_message, encode_message, kv, Message, MessageBody};
 use flotilla_net::{FrameKind, Mesh, PeerConnection};
-use flotilla_wal::keys;
+use flotilla_shard::ShardPolicy;
 use tracing::{debug, warn};
 
 use crate::cluster::proto::{self, RemoteStatus, Request, Response, WireError};
@@ -76,6 +77,8 @@ pub(crate) struct Member {
     /// What a client's write may carry: checked here, as a remote client's
     /// own process checked nothing this member can rely on.
     limits: WriteLimits,
+    /// The store's shard policy.
+    shards: ShardPolicy,
     faults_allowed: bool,
     /// MapReduce on this member; set once the store is open.
     pub(crate) jobs: OnceLock<Arc<ClusterJobs>>,
@@ -90,6 +93,7 @@ impl Member {
         peers: BTreeMap<u64, SocketAddr>,
         request_timeout: Duration,
         limits: WriteLimits,
+        shards: ShardPolicy,
     ) -> Self {
         Member {
             id,
@@ -98,6 +102,7 @@ impl Member {
             peers,
             request_timeout,
             limits,
+            shards,
             faults_allowed: std::env::var("FLOTILLA_TEST_FAULTS").as_deref() == Ok("1"),
             jobs: OnceLock::new(),
             conns: tokio::sync::Mutex::new(BTreeMap::new()),
@@ -181,7 +186,7 @@ impl Member {
                 Err(e) => Response::Write(Err(e)),
             },
             Request::Get { key, consistency } => {
-                let inner = keys::user_key(&key);
+                let inner = self.shards.inner_key(&key);
                 let consistency: ReadConsistency = consistency.into();
                 if consistency == ReadConsistency::Stale {
                     return Response::Get(
@@ -206,9 +211,10 @@ impl Member {
                     }
                 }
                 let group = self.group.clone();
+                let shards = self.shards;
                 let range = ScanRange::range(start, end);
                 let scanned = tokio::task::spawn_blocking(move || {
-                    scan_group(&group, &range, limit as usize, MAX_SCAN_PAGE_BYTES)
+                    scan_group(&group, shards, &range, limit as usize, MAX_SCAN_PAGE_BYTES)
                 })
                 .await;
                 Response::Scan(match scanned {
@@ -342,7 +348,8 @@ mod tests {
     #[test]
     fn a_message_reaches_its_group_only_from_the_peer_it_names() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut options = NodeOptions::new(1, dir.path().join("node"));
+        let mut options =
+            NodeOptions::new(1, dir.path().join("node"), ShardPolicy::default().setup());
         options.initial_voters = vec![1, 2, 3];
         let node = Node::open(options, Arc::new(NoNetwork)).expect("open");
         let groups: BTreeMap<u64, GroupHandle> =

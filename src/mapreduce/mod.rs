@@ -312,7 +312,7 @@ impl Store for DbStore {
         max_bytes: u64,
     ) -> std::result::Result<Vec<Split>, String> {
         let mut splits = Vec::new();
-        for shard in 0..keys::SHARDS {
+        for shard in 0..self.0.shards().count() {
             let (from, to) = shard_bounds(shard, start, end);
             let mut split_start = start.to_vec();
             let (mut bytes, mut seen) = (0u64, false);
@@ -551,7 +551,7 @@ impl Db {
         let (start, end) = range.bounds()?;
         let store = DbStore(self.clone());
         // Each shard's whole part as one split: no sizing pass over the data.
-        for shard in 0..keys::SHARDS {
+        for shard in 0..self.shards().count() {
             let split = Split {
                 shard,
                 start: start.clone(),

@@ -14,6 +14,10 @@ pub const SNAPSHOT_CF: &str = "snapshot";
 pub const DATA_CF: &str = "data";
 /// Key, in the default column family, of the store's format marker.
 pub const FORMAT_KEY: &[u8] = b"flotilla-format";
+/// Key, in the default column family, of the store's shard count (a
+/// big-endian `u16`, written when the store is created; stores created
+/// before it have none).
+pub const SHARD_COUNT_KEY: &[u8] = b"flotilla-shards";
 
 /// Kinds of per-group state records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,27 +90,8 @@ pub fn data_range(group: GroupId) -> (Vec<u8>, Vec<u8>) {
     (start, end)
 }
 
-/// Number of shards every user key hashes to. Fixed for the life of a store:
-/// a key's shard is part of how it is stored.
-pub const SHARDS: u16 = 16;
-
 /// Shard prefix reserved for the state machine's own records (client sessions).
 const INTERNAL_SHARD: u16 = u16::MAX;
-
-/// The shard `key` belongs to (FNV-1a, so every node and version agrees).
-pub fn shard_of(key: &[u8]) -> u16 {
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in key {
-        hash ^= u32::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    (hash % u32::from(SHARDS)) as u16
-}
-
-/// A user key inside a group's data: `shard ‖ key`. Combine with [`data_key`].
-pub fn user_key(key: &[u8]) -> Vec<u8> {
-    shard_key(shard_of(key), key)
-}
 
 /// `key` under `shard` (which must be the key's own shard for user data).
 pub fn shard_key(shard: u16, key: &[u8]) -> Vec<u8> {
@@ -198,8 +183,8 @@ mod tests {
     #[test]
     fn user_keys_stay_apart_from_sessions_and_round_trip() {
         for key in [&b""[..], b"a", b"\xff\xff\xff", b"some longer key"] {
-            let inner = user_key(key);
-            assert_eq!(parse_user_key(&inner), Some((shard_of(key), key)));
+            let inner = shard_key(7, key);
+            assert_eq!(parse_user_key(&inner), Some((7, key)));
             assert_eq!(parse_session_key(&inner), None);
         }
         let (start, end) = session_range();
@@ -207,13 +192,6 @@ mod tests {
         assert!(session >= start && session < end);
         assert_eq!(parse_session_key(&session), Some(u64::MAX));
         assert_eq!(parse_user_key(&session), None);
-        let shards: std::collections::BTreeSet<u16> =
-            (0..1000u32).map(|i| shard_of(&i.to_be_bytes())).collect();
-        assert_eq!(
-            shards.len(),
-            usize::from(SHARDS),
-            "keys spread over every shard"
-        );
     }
 
     #[test]

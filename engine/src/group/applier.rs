@@ -6,7 +6,9 @@ use flotilla_snapshot::{AppliedState, DataOp, GroupStore, SnapshotError};
 use flotilla_wal::{keys, Entry, EntryPayload, Index, Membership, SnapshotMeta};
 
 use crate::group::machine::StateMachine;
-use crate::kv::{CommandError, KvMachine, KvView, KvWrite, SessionLimits, WriteReply};
+use std::sync::Arc;
+
+use crate::kv::{CommandError, KvMachine, KvView, KvWrite, SessionLimits, ShardOf, WriteReply};
 
 struct DataView<'a, D>(&'a D);
 
@@ -23,21 +25,24 @@ pub struct KvApplier<D> {
     machine: KvMachine,
     applied: AppliedState,
     limits: SessionLimits,
+    shards: Arc<dyn ShardOf>,
 }
 
 impl<D: GroupStore + Clone> KvApplier<D> {
     /// Loads the stored applied state and sessions (start-up). A group that
-    /// has applied nothing yet starts from `initial` membership.
+    /// has applied nothing yet starts from `initial` membership. Keys are
+    /// stored under the shards `shards` gives them.
     pub fn load(
         data: D,
         limits: SessionLimits,
+        shards: Arc<dyn ShardOf>,
         initial: &Membership,
     ) -> Result<Self, SnapshotError> {
         let mut applied = data.applied()?;
         if applied.index == 0 && applied.membership.voters.is_empty() {
             applied.membership = initial.clone();
         }
-        let mut machine = KvMachine::new(limits);
+        let mut machine = KvMachine::new(limits, shards.clone());
         let (start, end) = keys::session_range();
         let stored = data.scan(&start, &end, usize::MAX)?;
         machine
@@ -48,13 +53,19 @@ impl<D: GroupStore + Clone> KvApplier<D> {
             machine,
             applied,
             limits,
+            shards,
         })
     }
 
     /// After a snapshot install replaced the data in the store: start from
     /// what it holds.
     pub fn reload(&mut self, meta: &SnapshotMeta) -> Result<(), SnapshotError> {
-        let loaded = KvApplier::load(self.data.clone(), self.limits, &meta.membership)?;
+        let loaded = KvApplier::load(
+            self.data.clone(),
+            self.limits,
+            self.shards.clone(),
+            &meta.membership,
+        )?;
         if loaded.applied.index != meta.index {
             return Err(SnapshotError::Corrupt {
                 detail: format!(

@@ -6,13 +6,15 @@
 //! commits those writes together with the applied index in one batch.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use flotilla_wal::{keys, Index};
 
 use crate::kv::command::{self, BatchOp, Command, CommandError, WriteOp, WriteReply};
 use crate::kv::sessions::{Session, SessionChange, SessionLimits, Sessions};
+use crate::kv::shard_of::ShardOf;
 
-/// Read access to a group's current data, by inner key (`keys::user_key`).
+/// Read access to a group's current data, by inner key (`ShardOf::inner_key`).
 pub trait KvView {
     /// The stored value of `inner_key`.
     fn get(&self, inner_key: &[u8]) -> Result<Option<Vec<u8>>, String>;
@@ -44,14 +46,17 @@ pub struct AppliedBatch {
 pub struct KvMachine {
     sessions: Sessions,
     clock_ms: u64,
+    shards: Arc<dyn ShardOf>,
 }
 
 impl KvMachine {
-    /// A machine with no sessions.
-    pub fn new(limits: SessionLimits) -> Self {
+    /// A machine with no sessions, storing keys under the shards `shards`
+    /// gives them.
+    pub fn new(limits: SessionLimits, shards: Arc<dyn ShardOf>) -> Self {
         KvMachine {
             sessions: Sessions::new(limits),
             clock_ms: 0,
+            shards,
         }
     }
 
@@ -169,16 +174,20 @@ impl KvMachine {
                 for op in ops {
                     match op {
                         BatchOp::Put { key, value } => {
-                            overlay.insert(keys::user_key(&key), Some(value))
+                            overlay.insert(self.shards.inner_key(&key), Some(value))
                         }
-                        BatchOp::Delete { key } => overlay.insert(keys::user_key(&key), None),
+                        BatchOp::Delete { key } => {
+                            overlay.insert(self.shards.inner_key(&key), None)
+                        }
                     };
                 }
                 return Ok(self.record(command.client, command.seq, WriteReply::Done));
             }
             single => single,
         };
-        let inner = keys::user_key(op.keys().first().copied().unwrap_or_default());
+        let inner = self
+            .shards
+            .inner_key(op.keys().first().copied().unwrap_or_default());
         // A put does not depend on the old value: skip the read.
         let current = match (&op, overlay.get(&inner)) {
             (WriteOp::Put { .. }, _) => None,
@@ -250,6 +259,20 @@ impl KvMachine {
 mod tests {
     use super::*;
 
+    /// Keys spread over four shards by their first byte.
+    #[derive(Debug)]
+    struct TestShards;
+
+    impl ShardOf for TestShards {
+        fn shard_of(&self, key: &[u8]) -> u16 {
+            u16::from(key.first().copied().unwrap_or(0) % 4)
+        }
+
+        fn count(&self) -> u16 {
+            4
+        }
+    }
+
     #[derive(Default)]
     struct Map(BTreeMap<Vec<u8>, Vec<u8>>);
 
@@ -269,7 +292,7 @@ mod tests {
             }
         }
         fn user(&self, key: &[u8]) -> Option<&Vec<u8>> {
-            self.0.get(&keys::user_key(key))
+            self.0.get(&TestShards.inner_key(key))
         }
     }
 
@@ -309,7 +332,7 @@ mod tests {
 
     /// A machine started from what `data` stores (a restart).
     fn reloaded(limits: SessionLimits, data: &Map) -> KvMachine {
-        let mut machine = KvMachine::new(limits);
+        let mut machine = KvMachine::new(limits, Arc::new(TestShards));
         let (start, end) = keys::session_range();
         machine
             .load_sessions(
@@ -369,7 +392,7 @@ mod tests {
         cuts: &[usize],
         restarts: &[usize],
     ) -> (Map, Vec<WriteReply>) {
-        let mut machine = KvMachine::new(limits);
+        let mut machine = KvMachine::new(limits, Arc::new(TestShards));
         let mut data = Map::default();
         let mut replies = Vec::new();
         let mut start = 0;
@@ -412,7 +435,7 @@ mod tests {
 
     #[test]
     fn a_retried_write_is_applied_once_even_in_the_same_batch() {
-        let mut machine = KvMachine::new(SessionLimits::default());
+        let mut machine = KvMachine::new(SessionLimits::default(), Arc::new(TestShards));
         let mut data = Map::default();
         let first = cmd(5, 1, append("k", "a"));
         let open = cmd(5, 0, WriteOp::OpenSession);
@@ -438,7 +461,7 @@ mod tests {
 
     #[test]
     fn an_append_past_the_largest_value_is_refused_and_changes_nothing() {
-        let mut machine = KvMachine::new(SessionLimits::default());
+        let mut machine = KvMachine::new(SessionLimits::default(), Arc::new(TestShards));
         let mut data = Map::default();
         let half = "x".repeat(command::MAX_VALUE_BYTES / 2);
         let replies = run(
@@ -468,7 +491,7 @@ mod tests {
 
     #[test]
     fn a_batch_applies_all_its_operations_once_and_later_ones_win() {
-        let mut machine = KvMachine::new(SessionLimits::default());
+        let mut machine = KvMachine::new(SessionLimits::default(), Arc::new(TestShards));
         let mut data = Map::default();
         run(&mut machine, &mut data, &[cmd(0, 0, append("gone", "x"))]);
         let put = |k: &str, v: &str| BatchOp::Put {
@@ -510,7 +533,7 @@ mod tests {
 
     #[test]
     fn a_write_of_a_session_never_opened_is_refused_even_the_first() {
-        let mut machine = KvMachine::new(SessionLimits::default());
+        let mut machine = KvMachine::new(SessionLimits::default(), Arc::new(TestShards));
         let mut data = Map::default();
         let replies = run(
             &mut machine,
@@ -531,7 +554,7 @@ mod tests {
             max_sessions: 1,
             ..SessionLimits::default()
         };
-        let mut machine = KvMachine::new(limits);
+        let mut machine = KvMachine::new(limits, Arc::new(TestShards));
         let mut data = Map::default();
         let open = |client| cmd(client, 0, WriteOp::OpenSession);
         let replies = run(
@@ -562,7 +585,7 @@ mod tests {
 
     #[test]
     fn delete_and_compare_and_swap_see_earlier_writes_of_the_batch() {
-        let mut machine = KvMachine::new(SessionLimits::default());
+        let mut machine = KvMachine::new(SessionLimits::default(), Arc::new(TestShards));
         let mut data = Map::default();
         let put = |v: &str| WriteOp::Put {
             key: b"k".to_vec(),

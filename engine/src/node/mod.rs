@@ -37,7 +37,7 @@ pub use crate::group::{GroupStatus, NodeError, ReadConsistency};
 pub use group::TICK;
 
 use crate::group::KvApplier;
-use crate::kv::{SessionLimits, WriteReply};
+use crate::kv::{SessionLimits, ShardOf, ShardSetup, WriteReply};
 use crate::node::group::{GroupLoop, GroupQueues};
 use crate::node::request::Event;
 use crate::raft::config::Config;
@@ -95,11 +95,14 @@ pub struct NodeOptions {
     pub inbox_capacity: usize,
     /// Bytes per stored and transferred snapshot chunk. Default 1 MiB.
     pub snapshot_chunk_bytes: u64,
+    /// The store's shard policy, as given to [`new`](Self::new).
+    pub shards: ShardSetup,
 }
 
 impl NodeOptions {
-    /// The defaults for a single node `id` storing in `path`.
-    pub fn new(id: NodeId, path: impl Into<PathBuf>) -> Self {
+    /// The defaults for a single node `id` storing in `path`, whose keys go
+    /// to shards as `shards` says.
+    pub fn new(id: NodeId, path: impl Into<PathBuf>, shards: ShardSetup) -> Self {
         NodeOptions {
             id,
             path: path.into(),
@@ -113,6 +116,7 @@ impl NodeOptions {
             inbox_capacity: 16_384,
             runtime: None,
             snapshot_chunk_bytes: DEFAULT_CHUNK_BYTES,
+            shards,
         }
     }
 }
@@ -222,6 +226,7 @@ pub struct Node {
     id: NodeId,
     groups: BTreeMap<GroupId, GroupHandle>,
     loops: Vec<RunningLoop>,
+    shards: Arc<dyn ShardOf>,
 }
 
 /// A started group loop, and how to stop it and wait for its end.
@@ -258,19 +263,23 @@ impl Node {
                     // under `Buffered` the writer waits for its delayed sync
                     // rather than polling.
                     writer_poll: std::time::Duration::ZERO,
+                    shard_count: Some(options.shards.create_with),
                 },
             )
             .map_err(|e| storage(&e))?,
         );
+        let stored = log.stored_shard_count().map_err(|e| storage(&e))?;
+        let shards = (options.shards.policy)(stored).map_err(NodeError::Invalid)?;
         let initial = Membership::with_voters(options.initial_voters.iter().copied());
         let mut node = Node {
             id: options.id,
             groups: BTreeMap::new(),
             loops: Vec::new(),
+            shards: shards.clone(),
         };
         for &group in &options.groups {
             let data = GroupData::new(log.clone(), group);
-            let applier = KvApplier::load(data.clone(), options.sessions, &initial)
+            let applier = KvApplier::load(data.clone(), options.sessions, shards.clone(), &initial)
                 .map_err(|e| storage(&e))?;
             let restore = restore_state(&log, group, &initial, applier.applied().index)
                 .map_err(|e| storage(&e))?;
@@ -334,6 +343,11 @@ impl Node {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// The store's shard policy (the count stored when it was created).
+    pub fn shards(&self) -> &Arc<dyn ShardOf> {
+        &self.shards
     }
 
     /// A group this node hosts.

@@ -4,13 +4,14 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use flotilla_snapshot::{MemGroupData, SnapshotMeta};
 use flotilla_wal::{Entry, EntryPayload, Index};
 use serde::{Deserialize, Serialize};
 
 use crate::group::{GroupDriver, KvApplier, NodeError, Replier, StateMachine as MachineTrait};
-use crate::kv::SessionLimits;
+use crate::kv::{SessionLimits, SingleShard};
 use crate::raft::config::Config;
 use crate::raft::core::RaftCore;
 use crate::raft::ready::ReadState;
@@ -105,7 +106,8 @@ impl SimMachine for KvMachineOverMemory {
 pub fn kv_loader(limits: SessionLimits) -> MachineLoader<KvMachineOverMemory> {
     Rc::new(move |image, meta| {
         let data = MemGroupData::from_image(image).map_err(|e| e.to_string())?;
-        KvApplier::load(data, limits, &meta.membership).map_err(|e| e.to_string())
+        KvApplier::load(data, limits, Arc::new(SingleShard), &meta.membership)
+            .map_err(|e| e.to_string())
     })
 }
 

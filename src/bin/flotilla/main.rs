@@ -170,6 +170,9 @@ enum ClusterCommand {
         /// Directory to write into (must not hold a cluster yet).
         #[arg(long)]
         dir: PathBuf,
+        /// Shards keys hash to, 1 to 4096; fixed for the cluster's life.
+        #[arg(long, default_value_t = 64)]
+        shards: u64,
     },
 }
 
@@ -461,9 +464,13 @@ fn run(command: Command) -> Result<ExitCode, String> {
         Command::Bench(args) => bench::run(args)?,
         Command::Import(args) => mr::import(args)?,
         Command::Mr(command) => mr::run(command)?,
-        Command::Cluster(ClusterCommand::Init { nodes, dir }) => {
-            flotilla::init_cluster(nodes, &dir).map_err(failed)?;
-            println!("wrote a {nodes}-node cluster to {}", dir.display());
+        Command::Cluster(ClusterCommand::Init { nodes, dir, shards }) => {
+            flotilla::init_cluster_with(flotilla::ClusterInit { nodes, shards }, &dir)
+                .map_err(failed)?;
+            println!(
+                "wrote a {nodes}-node cluster of {shards} shards to {}",
+                dir.display()
+            );
             for id in 1..=nodes {
                 println!(
                     "  flotilla serve --config {}",

@@ -14,7 +14,9 @@ use crossbeam_channel::Sender;
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
 
 use crate::error::StorageError;
-use crate::keys::{self, StateKind, DATA_CF, FORMAT_KEY, RAFT_LOG_CF, RAFT_STATE_CF, SNAPSHOT_CF};
+use crate::keys::{
+    self, StateKind, DATA_CF, FORMAT_KEY, RAFT_LOG_CF, RAFT_STATE_CF, SHARD_COUNT_KEY, SNAPSHOT_CF,
+};
 use crate::record;
 use crate::store::{Completion, Durability, LogStore, LogWrite};
 use crate::{Entry, GroupId, HardState, Index, SnapshotMeta};
@@ -50,15 +52,21 @@ pub struct OpenOptions {
     /// next write waits on a network round trip first, so the engine passes
     /// zero. Default [`DEFAULT_WRITER_POLL`]; at most [`MAX_WRITER_POLL`].
     pub writer_poll: Duration,
+    /// The shard count stored in the store if this open creates it (the
+    /// store never interprets it; see [`RocksLogStore::stored_shard_count`]).
+    /// `None` stores none.
+    pub shard_count: Option<u16>,
 }
 
 impl OpenOptions {
-    /// `durability`, with no WAL preallocation and the default writer poll.
+    /// `durability`, with no WAL preallocation, the default writer poll,
+    /// and no shard count stored.
     pub fn new(durability: Durability) -> Self {
         OpenOptions {
             durability,
             wal_preallocation: 0,
             writer_poll: DEFAULT_WRITER_POLL,
+            shard_count: None,
         }
     }
 }
@@ -134,6 +142,7 @@ impl RocksLogStore {
             durability,
             wal_preallocation,
             writer_poll,
+            shard_count,
         } = options;
         if wal_preallocation > MAX_WAL_PREALLOCATION {
             return Err(StorageError::Engine(format!(
@@ -147,7 +156,7 @@ impl RocksLogStore {
         }
         let path = path.as_ref().to_path_buf();
         if !check_directory(&path)? {
-            create(&path, durability)?;
+            create(&path, durability, shard_count)?;
         }
         let db = Arc::new(open_db(&path, durability)?);
         check_format(&db, &path)?;
@@ -170,6 +179,22 @@ impl RocksLogStore {
             shared,
             path,
         })
+    }
+
+    /// The shard count stored when the store was created; `None` for a
+    /// store created without one (before counts were stored).
+    pub fn stored_shard_count(&self) -> Result<Option<u16>, StorageError> {
+        match self.db.get(SHARD_COUNT_KEY).map_err(|e| engine(&e))? {
+            None => Ok(None),
+            Some(bytes) => match <[u8; 2]>::try_from(bytes.as_slice()) {
+                Ok(raw) => Ok(Some(u16::from_be_bytes(raw))),
+                Err(_) => Err(StorageError::Corruption {
+                    cf: "default",
+                    key: keys::display_key(SHARD_COUNT_KEY),
+                    detail: format!("the shard count is {} bytes, not 2", bytes.len()),
+                }),
+            },
+        }
     }
 
     /// How durable acknowledged writes are.
@@ -497,7 +522,11 @@ fn open_db(path: &Path, durability: Durability) -> Result<DB, StorageError> {
 /// Creates a new store in a sibling directory and renames it into place once
 /// its format marker is durable, so a crash during creation leaves either no
 /// store or a whole one — never a directory every later open refuses.
-fn create(path: &Path, durability: Durability) -> Result<(), StorageError> {
+fn create(
+    path: &Path,
+    durability: Durability,
+    shard_count: Option<u16>,
+) -> Result<(), StorageError> {
     let io = |what: &str, e: std::io::Error| {
         StorageError::Engine(format!("cannot {what} {}: {e}", path.display()))
     };
@@ -520,10 +549,14 @@ fn create(path: &Path, durability: Durability) -> Result<(), StorageError> {
         let db = open_db(&staging, durability)?;
         let mut marker = FORMAT_MAGIC.to_vec();
         marker.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+        let mut batch = WriteBatch::default();
+        batch.put(FORMAT_KEY, marker);
+        if let Some(count) = shard_count {
+            batch.put(SHARD_COUNT_KEY, count.to_be_bytes());
+        }
         let mut opts = rocksdb::WriteOptions::default();
         opts.set_sync(true);
-        db.put_opt(FORMAT_KEY, marker, &opts)
-            .map_err(|e| engine(&e))?;
+        db.write_opt(batch, &opts).map_err(|e| engine(&e))?;
     }
     // rename(2) replaces an empty directory atomically.
     std::fs::rename(&staging, path).map_err(|e| io("move the new store into", e))?;

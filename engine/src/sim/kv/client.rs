@@ -5,10 +5,10 @@
 //! session number) elsewhere. Every operation goes into the history the
 //! scenario checks.
 
-use flotilla_wal::{keys, NodeId};
+use flotilla_wal::NodeId;
 
 use crate::group::{NodeError, ReadConsistency};
-use crate::kv::{command, Command, CommandError, WriteOp, WriteReply};
+use crate::kv::{command, Command, CommandError, ShardOf, SingleShard, WriteOp, WriteReply};
 use crate::sim::cluster::Cluster;
 use crate::sim::kv::machine::KvSimMachine;
 use crate::sim::linearizability::{Event, Op};
@@ -248,7 +248,7 @@ impl SimClient {
                 } else {
                     *consistency
                 };
-                let inner = keys::user_key(key.as_bytes());
+                let inner = SingleShard.inner_key(key.as_bytes());
                 let reply = SimReply::new(request, &outbox.reads);
                 let sent =
                     cluster.with_driver(self.target, |d| d.read(consistency, Some(inner), reply));
