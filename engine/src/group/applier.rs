@@ -5,7 +5,7 @@
 use flotilla_snapshot::{AppliedState, DataOp, GroupStore, SnapshotError};
 use flotilla_wal::{keys, Entry, EntryPayload, Index, Membership, SnapshotMeta};
 
-use crate::group::machine::StateMachine;
+use crate::group::machine::{StateMachine, StoredMachine};
 use std::sync::Arc;
 
 use crate::kv::{CommandError, KvMachine, KvView, KvWrite, SessionLimits, ShardOf, WriteReply};
@@ -141,5 +141,19 @@ impl<D: GroupStore> StateMachine for KvApplier<D> {
 
     fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
         self.data.get(key).map_err(|e| e.to_string())
+    }
+}
+
+impl<D: GroupStore + Clone> StoredMachine for KvApplier<D> {
+    fn applied_state(&self) -> &AppliedState {
+        &self.applied
+    }
+
+    fn reload(&mut self, meta: &SnapshotMeta) -> Result<(), SnapshotError> {
+        KvApplier::reload(self, meta)
+    }
+
+    fn session_count(&self) -> usize {
+        self.machine.session_count()
     }
 }

@@ -1,6 +1,7 @@
 //! What a group applies its committed entries to.
 
-use flotilla_wal::{Entry, Index};
+use flotilla_snapshot::{AppliedState, SnapshotError};
+use flotilla_wal::{Entry, Index, SnapshotMeta};
 
 /// A replicated state machine driven by a [`GroupDriver`](crate::group::GroupDriver):
 /// the key/value machine of every data group (`KvApplier`), the
@@ -23,4 +24,20 @@ pub trait StateMachine {
 
     /// The applied value of `key` (the machine's own key space).
     fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
+}
+
+/// A machine whose state lives in a group's stored data, as a node's group
+/// loop runs it: the key/value machine of a data group, the shard
+/// controller's machine.
+pub trait StoredMachine: StateMachine {
+    /// What has been applied (index, term, membership), as stored with the
+    /// data.
+    fn applied_state(&self) -> &AppliedState;
+
+    /// After a snapshot install replaced the group's stored data: start
+    /// from what it now holds.
+    fn reload(&mut self, meta: &SnapshotMeta) -> Result<(), SnapshotError>;
+
+    /// Client sessions held, for the group's status.
+    fn session_count(&self) -> usize;
 }

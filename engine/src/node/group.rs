@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_snapshot::{GroupData, RocksSnapshotStore, SnapshotError, SnapshotStore};
+use flotilla_snapshot::{RocksSnapshotStore, SnapshotError, SnapshotStore};
 use flotilla_wal::{
     CompactionPolicy, GroupId, LogSize, LogStore, LogWrite, RocksLogStore, StorageError,
 };
@@ -21,8 +21,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::group::{GroupDriver, GroupStatus, KvApplier, NodeError};
-use crate::kv::WriteReply;
+use crate::group::{GroupDriver, GroupStatus, NodeError, Replier, StoredMachine};
 use crate::node::request::{Event, Reply};
 use crate::node::Transport;
 use crate::raft::core::RaftCore;
@@ -30,10 +29,9 @@ use crate::raft::message::{Message, SnapshotMeta};
 use crate::raft::ready::{PersistRequest, StagedChunk};
 use crate::raft::step::RefusedMessage;
 
-/// The driver a node runs per group: the key/value machine over RocksDB,
-/// callers answered on tokio oneshots.
-pub(crate) type NodeDriver =
-    GroupDriver<KvApplier<GroupData>, Reply<WriteReply>, Reply<Option<Vec<u8>>>>;
+/// The driver a node runs per group: machine `M` over the group's data in
+/// RocksDB, callers answered on tokio oneshots (writes with `A`).
+pub(crate) type NodeDriver<M, A> = GroupDriver<M, Reply<A>, Reply<Option<Vec<u8>>>>;
 
 /// Length of one tick of the core's clock.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -63,26 +61,26 @@ pub(crate) enum Done {
 
 /// What a group loop reads: its callers' requests, and its peers'
 /// messages on a queue of their own.
-pub(crate) struct GroupQueues {
-    pub(crate) inbox: mpsc::Receiver<Event>,
+pub(crate) struct GroupQueues<A> {
+    pub(crate) inbox: mpsc::Receiver<Event<A>>,
     pub(crate) peer_messages: mpsc::Receiver<Message>,
 }
 
 /// What woke the loop.
-enum Wake {
+enum Wake<A> {
     Shutdown,
     Done(Option<Done>),
     Message(Option<Message>),
-    Event(Option<Event>),
+    Event(Option<Event<A>>),
     Tick,
 }
 
-pub(crate) struct GroupLoop {
-    pub(crate) driver: NodeDriver,
+pub(crate) struct GroupLoop<M: StoredMachine, A> {
+    pub(crate) driver: NodeDriver<M, A>,
     pub(crate) group: GroupId,
     pub(crate) log: Arc<RocksLogStore>,
     pub(crate) snapshots: RocksSnapshotStore,
-    pub(crate) inbox: mpsc::Receiver<Event>,
+    pub(crate) inbox: mpsc::Receiver<Event<A>>,
     /// Peers' Raft messages, ahead of the inbox.
     peer_messages: mpsc::Receiver<Message>,
     pub(crate) shutdown: Arc<Notify>,
@@ -97,12 +95,17 @@ pub(crate) struct GroupLoop {
     building: bool,
 }
 
-impl GroupLoop {
+impl<M, A> GroupLoop<M, A>
+where
+    M: StoredMachine + Send + 'static,
+    A: Send + 'static,
+    Reply<A>: Replier<M::Reply>,
+{
     pub(crate) fn new(
         core: RaftCore,
         log: Arc<RocksLogStore>,
-        applier: KvApplier<GroupData>,
-        queues: GroupQueues,
+        machine: M,
+        queues: GroupQueues<A>,
         transport: Arc<dyn Transport>,
         policy: CompactionPolicy,
         chunk_bytes: u64,
@@ -111,7 +114,7 @@ impl GroupLoop {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         GroupLoop {
             snapshots: RocksSnapshotStore::new(log.clone(), group, chunk_bytes),
-            driver: GroupDriver::new(core, applier),
+            driver: GroupDriver::new(core, machine),
             group,
             log,
             inbox: queues.inbox,
@@ -233,7 +236,7 @@ impl GroupLoop {
         }
     }
 
-    fn on_event(&mut self, event: Event) {
+    fn on_event(&mut self, event: Event<A>) {
         match event {
             Event::Write { command, reply } => self.driver.write(command, reply),
             Event::Read {
@@ -244,7 +247,7 @@ impl GroupLoop {
             Event::Status(reply) => {
                 let status = GroupStatus {
                     raft: self.driver.core().status(),
-                    applied_index: self.driver.machine().applied().index,
+                    applied_index: self.driver.machine().applied_state().index,
                     log_bytes: self.log.log_bytes(self.group).unwrap_or(0),
                     sessions: self.driver.machine().session_count(),
                     inflight_writes: self.driver.inflight_writes(),
@@ -423,7 +426,7 @@ impl GroupLoop {
         };
         if self
             .policy
-            .compact_to(size, self.driver.machine().applied().index)
+            .compact_to(size, self.driver.machine().applied_state().index)
             .is_none()
         {
             return;

@@ -23,7 +23,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use flotilla_snapshot::{GroupData, RocksSnapshotStore, SnapshotStore, DEFAULT_CHUNK_BYTES};
+use flotilla_snapshot::{
+    GroupData, RocksSnapshotStore, SnapshotError, SnapshotStore, DEFAULT_CHUNK_BYTES,
+};
 use flotilla_wal::{
     CompactionPolicy, Durability, GroupId, LogStore, Membership, NodeId, OpenOptions, RocksLogStore,
 };
@@ -35,8 +37,9 @@ use tracing::debug;
 
 pub use crate::group::{GroupStatus, NodeError, ReadConsistency};
 pub use group::TICK;
+pub use request::Reply;
 
-use crate::group::KvApplier;
+use crate::group::{KvApplier, Replier, StoredMachine};
 use crate::kv::{SessionLimits, ShardOf, ShardSetup, WriteReply};
 use crate::node::group::{GroupLoop, GroupQueues};
 use crate::node::request::Event;
@@ -137,16 +140,27 @@ pub fn runtime_raft_config(id: NodeId) -> Config {
 /// as many as the mesh queues for one peer.
 pub const PEER_QUEUE_MESSAGES: usize = 4096;
 
-/// A handle on one group of a running node. Cheap to clone.
-#[derive(Clone)]
-pub struct GroupHandle {
+/// A handle on one group of a running node. Cheap to clone. `A` is what a
+/// write answers: [`WriteReply`] for a data group.
+pub struct GroupHandle<A = WriteReply> {
     group: GroupId,
-    tx: Sender<Event>,
+    tx: Sender<Event<A>>,
     peer_tx: Sender<Message>,
     data: GroupData,
 }
 
-impl std::fmt::Debug for GroupHandle {
+impl<A> Clone for GroupHandle<A> {
+    fn clone(&self) -> Self {
+        GroupHandle {
+            group: self.group,
+            tx: self.tx.clone(),
+            peer_tx: self.peer_tx.clone(),
+            data: self.data.clone(),
+        }
+    }
+}
+
+impl<A> std::fmt::Debug for GroupHandle<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GroupHandle")
             .field("group", &self.group)
@@ -154,16 +168,37 @@ impl std::fmt::Debug for GroupHandle {
     }
 }
 
+/// Where a group's peers' Raft messages go, whatever its machine.
+#[derive(Clone, Debug)]
+pub struct PeerInbox {
+    group: GroupId,
+    peer_tx: Sender<Message>,
+}
+
+impl PeerInbox {
+    /// Hands a message from a peer to the group, on a queue of its own:
+    /// callers filling the group's inbox cannot crowd out heartbeats and
+    /// acknowledgements. Dropped (Raft retries) only if that queue is full.
+    pub fn deliver(&self, msg: Message) {
+        if self.peer_tx.try_send(msg).is_err() {
+            debug!(
+                group = self.group,
+                "peer queue full: dropped a peer message"
+            );
+        }
+    }
+}
+
 /// An answer still on its way from a group thread.
 pub type Pending<T> = oneshot::Receiver<Result<T, NodeError>>;
 
-impl GroupHandle {
+impl<A> GroupHandle<A> {
     /// The group's id.
     pub fn id(&self) -> GroupId {
         self.group
     }
 
-    fn enqueue(&self, event: Event) -> Result<(), NodeError> {
+    fn enqueue(&self, event: Event<A>) -> Result<(), NodeError> {
         self.tx.try_send(event).map_err(|e| match e {
             TrySendError::Full(_) => {
                 NodeError::Overloaded(format!("group {}'s inbox is full", self.group))
@@ -172,16 +207,18 @@ impl GroupHandle {
         })
     }
 
-    /// Proposes an encoded [`crate::kv::Command`]; the answer arrives once
-    /// it is applied.
-    pub fn write(&self, command: Vec<u8>) -> Result<Pending<WriteReply>, NodeError> {
+    /// Proposes an encoded command of the group's machine (a
+    /// [`crate::kv::Command`] for a data group); the answer arrives once it
+    /// is applied.
+    pub fn write(&self, command: Vec<u8>) -> Result<Pending<A>, NodeError> {
         let (reply, rx) = oneshot::channel();
         self.enqueue(Event::Write { command, reply })?;
         Ok(rx)
     }
 
-    /// Reads inner key `key` at `consistency`, or with `None` answers once a
-    /// read at `consistency` may start (then scan with [`data`](Self::data)).
+    /// Reads key `key` of the group's machine (an inner key for a data
+    /// group) at `consistency`, or with `None` answers once a read at
+    /// `consistency` may start (then scan with [`data`](Self::data)).
     pub fn read(
         &self,
         consistency: ReadConsistency,
@@ -203,15 +240,16 @@ impl GroupHandle {
         Ok(rx)
     }
 
-    /// Hands a message from a peer to the group, on a queue of its own:
-    /// callers filling the group's inbox cannot crowd out heartbeats and
-    /// acknowledgements. Dropped (Raft retries) only if that queue is full.
+    /// Hands a message from a peer to the group (see [`PeerInbox::deliver`]).
     pub fn deliver(&self, msg: Message) {
-        if self.peer_tx.try_send(msg).is_err() {
-            debug!(
-                group = self.group,
-                "peer queue full: dropped a peer message"
-            );
+        self.peer_inbox().deliver(msg);
+    }
+
+    /// Where the group's peers' messages go.
+    pub fn peer_inbox(&self) -> PeerInbox {
+        PeerInbox {
+            group: self.group,
+            peer_tx: self.peer_tx.clone(),
         }
     }
 
@@ -224,9 +262,15 @@ impl GroupHandle {
 /// A running node.
 pub struct Node {
     id: NodeId,
+    /// The data groups (key/value machine).
     groups: BTreeMap<GroupId, GroupHandle>,
+    /// Every group's peer queue, data groups and others alike.
+    inboxes: BTreeMap<GroupId, PeerInbox>,
     loops: Vec<RunningLoop>,
     shards: Arc<dyn ShardOf>,
+    log: Arc<RocksLogStore>,
+    transport: Arc<dyn Transport>,
+    options: NodeOptions,
 }
 
 /// A started group loop, and how to stop it and wait for its end.
@@ -238,8 +282,8 @@ struct RunningLoop {
 }
 
 impl Node {
-    /// Opens the node's store (creating it if new), recovers every group and
-    /// starts their threads.
+    /// Opens the node's store (creating it if new), recovers every data
+    /// group and starts their loops.
     pub fn open(options: NodeOptions, transport: Arc<dyn Transport>) -> Result<Node, NodeError> {
         let storage = |e: &dyn std::fmt::Display| NodeError::Storage(e.to_string());
         if options.groups.is_empty() || options.inbox_capacity == 0 {
@@ -274,70 +318,102 @@ impl Node {
         let mut node = Node {
             id: options.id,
             groups: BTreeMap::new(),
+            inboxes: BTreeMap::new(),
             loops: Vec::new(),
             shards: shards.clone(),
+            log,
+            transport,
+            options,
         };
-        for &group in &options.groups {
-            let data = GroupData::new(log.clone(), group);
-            let applier = KvApplier::load(data.clone(), options.sessions, shards.clone(), &initial)
-                .map_err(|e| storage(&e))?;
-            let restore = restore_state(&log, group, &initial, applier.applied().index)
-                .map_err(|e| storage(&e))?;
-            let mut cfg = options.raft.clone();
-            cfg.id = options.id;
-            cfg.group = group;
-            let core =
-                RaftCore::new(cfg, restore).map_err(|e| NodeError::Invalid(e.to_string()))?;
-            let (tx, rx) = tokio::sync::mpsc::channel(options.inbox_capacity);
-            let (peer_tx, peer_rx) = tokio::sync::mpsc::channel(PEER_QUEUE_MESSAGES);
-            let group_loop = GroupLoop::new(
-                core,
-                log.clone(),
-                applier,
-                GroupQueues {
-                    inbox: rx,
-                    peer_messages: peer_rx,
-                },
-                transport.clone(),
-                options.compaction,
-                options.snapshot_chunk_bytes,
-            );
-            // A loop with a thread of its own may wait for its fsyncs; one
-            // on a shared runtime must not.
-            let group_loop = if options.runtime.is_none() {
-                group_loop.write_log_inline()
-            } else {
-                group_loop
-            };
-            let shutdown = group_loop.shutdown_signal();
-            let (finished_tx, finished) = std::sync::mpsc::channel::<()>();
-            let run = async move {
-                let _finished = finished_tx;
-                group_loop.run().await;
-            };
-            let thread = match &options.runtime {
-                Some(runtime) => {
-                    runtime.spawn(run);
-                    None
-                }
-                None => Some(spawn_loop_thread(group, run)?),
-            };
-            node.loops.push(RunningLoop {
-                shutdown,
-                finished,
-                thread,
-            });
-            node.groups.insert(
-                group,
-                GroupHandle {
-                    group,
-                    tx,
-                    peer_tx,
-                    data,
-                },
-            );
+        for group in node.options.groups.clone() {
+            let (limits, shards) = (node.options.sessions, shards.clone());
+            let handle = node.start_group(group, &initial, move |data, initial| {
+                KvApplier::load(data, limits, shards, initial)
+            })?;
+            node.groups.insert(group, handle);
         }
         Ok(node)
+    }
+
+    /// Starts group `group` over machine `M`, built by `make` from the
+    /// group's stored data (and `initial`, the voters of a group with no
+    /// state yet), with this node's settings; `A` is what its writes
+    /// answer. A group already running here is refused.
+    pub fn start_group<M, A>(
+        &mut self,
+        group: GroupId,
+        initial: &Membership,
+        make: impl FnOnce(GroupData, &Membership) -> Result<M, SnapshotError>,
+    ) -> Result<GroupHandle<A>, NodeError>
+    where
+        M: StoredMachine + Send + 'static,
+        A: Send + 'static,
+        Reply<A>: Replier<M::Reply>,
+    {
+        let storage = |e: &dyn std::fmt::Display| NodeError::Storage(e.to_string());
+        if self.inboxes.contains_key(&group) {
+            return Err(NodeError::Invalid(format!(
+                "group {group} already runs on node {}",
+                self.id
+            )));
+        }
+        let log = &self.log;
+        let options = &self.options;
+        let data = GroupData::new(log.clone(), group);
+        let machine = make(data.clone(), initial).map_err(|e| storage(&e))?;
+        let restore = restore_state(log, group, initial, machine.applied_state().index)
+            .map_err(|e| storage(&e))?;
+        let mut cfg = options.raft.clone();
+        cfg.id = options.id;
+        cfg.group = group;
+        let core = RaftCore::new(cfg, restore).map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(options.inbox_capacity);
+        let (peer_tx, peer_rx) = tokio::sync::mpsc::channel(PEER_QUEUE_MESSAGES);
+        let group_loop = GroupLoop::new(
+            core,
+            log.clone(),
+            machine,
+            GroupQueues {
+                inbox: rx,
+                peer_messages: peer_rx,
+            },
+            self.transport.clone(),
+            options.compaction,
+            options.snapshot_chunk_bytes,
+        );
+        // A loop with a thread of its own may wait for its fsyncs; one
+        // on a shared runtime must not.
+        let group_loop = if options.runtime.is_none() {
+            group_loop.write_log_inline()
+        } else {
+            group_loop
+        };
+        let shutdown = group_loop.shutdown_signal();
+        let (finished_tx, finished) = std::sync::mpsc::channel::<()>();
+        let run = async move {
+            let _finished = finished_tx;
+            group_loop.run().await;
+        };
+        let thread = match &options.runtime {
+            Some(runtime) => {
+                runtime.spawn(run);
+                None
+            }
+            None => Some(spawn_loop_thread(group, run)?),
+        };
+        self.loops.push(RunningLoop {
+            shutdown,
+            finished,
+            thread,
+        });
+        let handle = GroupHandle {
+            group,
+            tx,
+            peer_tx,
+            data,
+        };
+        self.inboxes.insert(group, handle.peer_inbox());
+        Ok(handle)
     }
 
     /// This node's id.
@@ -360,10 +436,15 @@ impl Node {
         self.groups.values()
     }
 
+    /// Where every group's peers' messages go, by group.
+    pub fn peer_inboxes(&self) -> BTreeMap<GroupId, PeerInbox> {
+        self.inboxes.clone()
+    }
+
     /// Hands a message from a peer to its group; dropped (Raft retries) if
     /// the group is unknown or its inbox is full.
     pub fn deliver(&self, msg: Message) {
-        match self.groups.get(&msg.group) {
+        match self.inboxes.get(&msg.group) {
             Some(handle) => handle.deliver(msg),
             None => debug!(
                 group = msg.group,
@@ -389,6 +470,7 @@ impl Node {
             }
         }
         self.groups.clear();
+        self.inboxes.clear();
     }
 }
 
@@ -453,7 +535,7 @@ mod tests {
         // No loop drains the queues, so they stay as filled here.
         let (tx, _inbox) = tokio::sync::mpsc::channel(1);
         let (peer_tx, mut peers) = tokio::sync::mpsc::channel(PEER_QUEUE_MESSAGES);
-        let handle = GroupHandle {
+        let handle: GroupHandle = GroupHandle {
             group: 1,
             tx,
             peer_tx,

@@ -7,10 +7,12 @@ use crate::group::{GroupStatus, NodeError, ReadConsistency, Replier};
 use crate::kv::{CommandError, WriteReply};
 
 /// Where an answer goes.
-pub(crate) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+pub type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 
-impl Replier<Option<Vec<u8>>> for Reply<Option<Vec<u8>>> {
-    fn send(self, result: Result<Option<Vec<u8>>, NodeError>) {
+/// An answer passed on as the machine gave it (reads; the controller's
+/// replies).
+impl<T> Replier<T> for Reply<T> {
+    fn send(self, result: Result<T, NodeError>) {
         let _ = oneshot::Sender::send(self, result);
     }
 }
@@ -26,12 +28,11 @@ impl Replier<Result<WriteReply, CommandError>> for Reply<WriteReply> {
 
 /// The inbox of a group loop: what its callers ask. Peers' messages come
 /// on a queue of their own, so a full inbox never drops Raft traffic.
-pub(crate) enum Event {
-    /// Propose an encoded [`crate::kv::Command`].
-    Write {
-        command: Vec<u8>,
-        reply: Reply<WriteReply>,
-    },
+/// `A` is what a write answers its caller: [`WriteReply`] for a data
+/// group.
+pub(crate) enum Event<A = WriteReply> {
+    /// Propose an encoded command of the group's machine.
+    Write { command: Vec<u8>, reply: Reply<A> },
     /// Wait until a read at `consistency` is safe, then read `key` (an inner
     /// key), or just answer `None` when `key` is `None` (a barrier for scans).
     Read {

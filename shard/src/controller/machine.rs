@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use flotilla_engine::group::StateMachine;
+use flotilla_engine::group::{StateMachine, StoredMachine};
 use flotilla_snapshot::{AppliedState, DataOp, GroupStore, SnapshotError};
 use flotilla_wal::{Entry, EntryPayload, GroupId, Index, Membership, SnapshotMeta};
 use serde::{Deserialize, Serialize};
@@ -341,5 +341,19 @@ impl<D: GroupStore> StateMachine for Controller<D> {
         self.query(query)
             .map(|config| Some(config.encode()))
             .map_err(|e| e.to_string())
+    }
+}
+
+impl<D: GroupStore + Clone> StoredMachine for Controller<D> {
+    fn applied_state(&self) -> &AppliedState {
+        &self.applied
+    }
+
+    fn reload(&mut self, meta: &SnapshotMeta) -> Result<(), SnapshotError> {
+        Controller::reload(self, meta)
+    }
+
+    fn session_count(&self) -> usize {
+        self.sessions.len()
     }
 }
