@@ -236,7 +236,17 @@ impl Clerk {
 /// clerks, to their answers; the outcomes by clerk.
 pub fn run_concurrently(
     cluster: &mut Cluster<SimController>,
+    clerks: Vec<(&mut Clerk, Vec<Step>)>,
+) -> Vec<Vec<Outcome>> {
+    run_concurrently_with(cluster, clerks, |_| {})
+}
+
+/// [`run_concurrently`], calling `between` on the cluster before every
+/// step (to crash and restart nodes while requests are in flight).
+pub fn run_concurrently_with(
+    cluster: &mut Cluster<SimController>,
     mut clerks: Vec<(&mut Clerk, Vec<Step>)>,
+    mut between: impl FnMut(&mut Cluster<SimController>),
 ) -> Vec<Vec<Outcome>> {
     let mut outcomes: Vec<Vec<Outcome>> = vec![Vec::new(); clerks.len()];
     let mut flights: Vec<Option<InFlight>> = (0..clerks.len()).map(|_| None).collect();
@@ -285,6 +295,7 @@ pub fn run_concurrently(
             cluster.now < deadline,
             "clients still waiting after {DEADLINE_TICKS} ticks"
         );
+        between(cluster);
         cluster.step();
     }
 }
