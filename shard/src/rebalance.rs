@@ -70,6 +70,54 @@ mod tests {
         counts
     }
 
+    /// The fewest shards any balanced assignment must move: every shard
+    /// not kept. A group keeps at most `base` of its shards, or `base + 1`
+    /// if it is one of the `extra` groups allowed one more, best given to
+    /// those holding the most.
+    fn fewest_moves(shards: &[GroupId], groups: &[GroupId]) -> usize {
+        let base = shards.len() / groups.len();
+        let extra = shards.len() % groups.len();
+        let mut held: Vec<usize> = groups
+            .iter()
+            .map(|g| shards.iter().filter(|s| *s == g).count())
+            .collect();
+        held.sort_unstable_by(|a, b| b.cmp(a));
+        let kept: usize = held
+            .iter()
+            .enumerate()
+            .map(|(rank, &h)| h.min(base + usize::from(rank < extra)))
+            .sum();
+        shards.len() - kept
+    }
+
+    #[test]
+    fn random_joins_and_leaves_move_the_fewest_shards_possible() {
+        let mut rng = flotilla_engine::SplitMix64::new(3);
+        for _ in 0..2_000 {
+            let count = rng.range(1, 40) as usize;
+            let mut shards: Vec<GroupId> = (0..count).map(|_| rng.range(0, 8)).collect();
+            let groups: Vec<GroupId> = (1..=8).filter(|_| rng.chance(0.6)).collect();
+            if groups.is_empty() {
+                continue;
+            }
+            let before = shards.clone();
+            rebalance(&mut shards, &groups);
+            let moved = before.iter().zip(&shards).filter(|(a, b)| a != b).count();
+            assert_eq!(
+                moved,
+                fewest_moves(&before, &groups),
+                "{before:?} -> {shards:?} over {groups:?}"
+            );
+            let counts = counts(&shards);
+            assert!(shards.iter().all(|g| groups.contains(g)), "{shards:?}");
+            let (min, max) = groups
+                .iter()
+                .map(|g| counts.get(g).copied().unwrap_or(0))
+                .fold((usize::MAX, 0), |(lo, hi), c| (lo.min(c), hi.max(c)));
+            assert!(max <= min + 1, "{shards:?} over {groups:?}");
+        }
+    }
+
     #[test]
     fn joins_and_leaves_balance_within_one_and_move_only_what_must() {
         let mut shards = vec![NO_GROUP; 10];
