@@ -16,6 +16,23 @@ use support::{
 
 const SEEDS: u64 = 4;
 
+/// The lab's minimal-transfer check: every shard that one of `gids` holds
+/// in `c2` (the configuration after the joins) is in the same group in
+/// `before` and `after`.
+fn assert_unmoved(
+    before: &ShardConfig,
+    after: &ShardConfig,
+    c2: &ShardConfig,
+    gids: &[u64],
+    what: &str,
+) {
+    for j in 0..NSHARDS {
+        if gids.contains(&c2.shards[j]) {
+            assert_eq!(before.shards[j], after.shards[j], "{what}");
+        }
+    }
+}
+
 /// TestBasic, all its parts in order, on `opts`' cluster.
 fn basic(opts: ClusterOptions) {
     let mut cluster = controller_cluster(opts);
@@ -106,28 +123,14 @@ fn basic(opts: ClusterOptions) {
         ck.join(&mut cluster, &[(gid, &[gid * 10 + 1, gid * 10 + 2])]);
     }
     let c2 = ck.query(&mut cluster, Query::Latest);
-    for j in 0..NSHARDS {
-        if gids.contains(&c2.shards[j]) {
-            assert_eq!(
-                c1.shards[j], c2.shards[j],
-                "non-minimal transfer after Join()s"
-            );
-        }
-    }
+    assert_unmoved(&c1, &c2, &c2, &gids, "non-minimal transfer after Join()s");
 
     // Test: Minimal transfers after leaves.
     for i in 0..5 {
         ck.leave(&mut cluster, &[npara + 1 + i]);
     }
     let c3 = ck.query(&mut cluster, Query::Latest);
-    for j in 0..NSHARDS {
-        if gids.contains(&c2.shards[j]) {
-            assert_eq!(
-                c2.shards[j], c3.shards[j],
-                "non-minimal transfer after Leave()s"
-            );
-        }
-    }
+    assert_unmoved(&c2, &c3, &c2, &gids, "non-minimal transfer after Leave()s");
 
     // Test: Check Same config on servers.
     check_same_config_on_servers(&mut cluster);
@@ -190,27 +193,25 @@ fn multi(opts: ClusterOptions) {
     let joined: Vec<(u64, &[u64])> = (0..5).map(|i| (npara + 1 + i, &[1u64, 2][..])).collect();
     ck.join(&mut cluster, &joined);
     let c2 = ck.query(&mut cluster, Query::Latest);
-    for j in 0..NSHARDS {
-        if gids.contains(&c2.shards[j]) {
-            assert_eq!(
-                c1.shards[j], c2.shards[j],
-                "non-minimal transfer after multijoins"
-            );
-        }
-    }
+    assert_unmoved(
+        &c1,
+        &c2,
+        &c2,
+        &gids,
+        "non-minimal transfer after multijoins",
+    );
 
     // Test: Minimal transfers after multileaves.
     let left: Vec<u64> = (0..5).map(|i| npara + 1 + i).collect();
     ck.leave(&mut cluster, &left);
     let c3 = ck.query(&mut cluster, Query::Latest);
-    for j in 0..NSHARDS {
-        if gids.contains(&c2.shards[j]) {
-            assert_eq!(
-                c2.shards[j], c3.shards[j],
-                "non-minimal transfer after multileaves"
-            );
-        }
-    }
+    assert_unmoved(
+        &c2,
+        &c3,
+        &c2,
+        &gids,
+        "non-minimal transfer after multileaves",
+    );
 
     // Test: Check Same config on servers.
     check_same_config_on_servers(&mut cluster);

@@ -5,7 +5,9 @@
 use flotilla_snapshot::{AppliedState, DataOp, GroupStore, SnapshotError};
 use flotilla_wal::{keys, Entry, EntryPayload, Index, Membership, SnapshotMeta};
 
-use crate::group::machine::{StateMachine, StoredMachine};
+use crate::group::machine::{
+    applied_after, check_reloaded, stored_applied, StateMachine, StoredMachine,
+};
 use std::sync::Arc;
 
 use crate::kv::{CommandError, KvMachine, KvView, KvWrite, SessionLimits, ShardOf, WriteReply};
@@ -38,10 +40,7 @@ impl<D: GroupStore + Clone> KvApplier<D> {
         shards: Arc<dyn ShardOf>,
         initial: &Membership,
     ) -> Result<Self, SnapshotError> {
-        let mut applied = data.applied()?;
-        if applied.index == 0 && applied.membership.voters.is_empty() {
-            applied.membership = initial.clone();
-        }
+        let applied = stored_applied(&data, initial)?;
         let mut machine = KvMachine::new(limits, shards.clone());
         let (start, end) = keys::session_range();
         let stored = data.scan(&start, &end, usize::MAX)?;
@@ -66,14 +65,7 @@ impl<D: GroupStore + Clone> KvApplier<D> {
             self.shards.clone(),
             &meta.membership,
         )?;
-        if loaded.applied.index != meta.index {
-            return Err(SnapshotError::Corrupt {
-                detail: format!(
-                    "installed snapshot {} left applied index {}",
-                    meta.index, loaded.applied.index
-                ),
-            });
-        }
+        check_reloaded(&loaded.applied, meta)?;
         *self = loaded;
         Ok(())
     }
@@ -104,26 +96,17 @@ impl<D: GroupStore> StateMachine for KvApplier<D> {
     }
 
     fn apply(&mut self, entries: &[Entry]) -> Result<Vec<(Index, Self::Reply)>, String> {
-        let Some(last) = entries.last() else {
+        if entries.is_empty() {
             return Ok(Vec::new());
-        };
-        let mut membership: Option<Membership> = None;
+        }
         let commands = entries.iter().filter_map(|entry| match &entry.payload {
             EntryPayload::Normal(data) => Some((entry.index, data.as_slice())),
-            EntryPayload::Membership(m) => {
-                membership = Some(m.clone());
-                None
-            }
-            EntryPayload::Blank => None,
+            EntryPayload::Membership(_) | EntryPayload::Blank => None,
         });
-        let commands: Vec<_> = commands.collect();
-        let batch = self.machine.apply(&DataView(&self.data), commands)?;
-        let mut next = self.applied.clone();
-        next.index = last.index;
-        next.term = last.term;
-        if let Some(m) = membership {
-            next.membership = m;
-        }
+        let batch = self
+            .machine
+            .apply(&DataView(&self.data), commands.collect::<Vec<_>>())?;
+        let next = applied_after(&self.applied, entries);
         let ops = batch
             .writes
             .into_iter()

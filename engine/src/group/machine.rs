@@ -1,7 +1,7 @@
 //! What a group applies its committed entries to.
 
-use flotilla_snapshot::{AppliedState, SnapshotError};
-use flotilla_wal::{Entry, Index, SnapshotMeta};
+use flotilla_snapshot::{AppliedState, GroupStore, SnapshotError};
+use flotilla_wal::{Entry, EntryPayload, Index, Membership, SnapshotMeta};
 
 /// A replicated state machine driven by a [`GroupDriver`](crate::group::GroupDriver):
 /// the key/value machine of every data group (`KvApplier`), the
@@ -40,4 +40,48 @@ pub trait StoredMachine: StateMachine {
 
     /// Client sessions held, for the group's status.
     fn session_count(&self) -> usize;
+}
+
+/// The applied state stored in `data`; a group that has applied nothing
+/// yet starts from `initial` membership. Where every stored machine's
+/// loading starts.
+pub fn stored_applied<D: GroupStore>(
+    data: &D,
+    initial: &Membership,
+) -> Result<AppliedState, SnapshotError> {
+    let mut applied = data.applied()?;
+    if applied.index == 0 && applied.membership.voters.is_empty() {
+        applied.membership = initial.clone();
+    }
+    Ok(applied)
+}
+
+/// Refuses a machine reloaded after installing snapshot `meta` that does not
+/// start at the snapshot's index.
+pub fn check_reloaded(applied: &AppliedState, meta: &SnapshotMeta) -> Result<(), SnapshotError> {
+    if applied.index == meta.index {
+        return Ok(());
+    }
+    Err(SnapshotError::Corrupt {
+        detail: format!(
+            "installed snapshot {} left applied index {}",
+            meta.index, applied.index
+        ),
+    })
+}
+
+/// The applied state after `entries` (committed, following `applied`): the
+/// last entry's index and term, and the last membership among them.
+pub fn applied_after(applied: &AppliedState, entries: &[Entry]) -> AppliedState {
+    let mut next = applied.clone();
+    for entry in entries {
+        if let EntryPayload::Membership(m) = &entry.payload {
+            next.membership = m.clone();
+        }
+    }
+    if let Some(last) = entries.last() {
+        next.index = last.index;
+        next.term = last.term;
+    }
+    next
 }

@@ -12,5 +12,5 @@ mod request;
 
 pub use applier::KvApplier;
 pub use driver::GroupDriver;
-pub use machine::{StateMachine, StoredMachine};
+pub use machine::{applied_after, check_reloaded, stored_applied, StateMachine, StoredMachine};
 pub use request::{GroupStatus, NodeError, ReadConsistency, Replier};

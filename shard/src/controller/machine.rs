@@ -8,7 +8,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use flotilla_engine::group::{StateMachine, StoredMachine};
+use flotilla_engine::group::{
+    applied_after, check_reloaded, stored_applied, StateMachine, StoredMachine,
+};
 use flotilla_snapshot::{AppliedState, DataOp, GroupStore, SnapshotError};
 use flotilla_wal::{Entry, EntryPayload, GroupId, Index, Membership, SnapshotMeta};
 use serde::{Deserialize, Serialize};
@@ -70,10 +72,7 @@ impl<D: GroupStore + Clone> Controller<D> {
                 "a store has 1 to {MAX_SHARDS} shards, not {shards}"
             )));
         }
-        let mut applied = data.applied()?;
-        if applied.index == 0 && applied.membership.voters.is_empty() {
-            applied.membership = initial.clone();
-        }
+        let applied = stored_applied(&data, initial)?;
         let latest = match data.get(LATEST_KEY)? {
             None => ShardConfig::initial(shards),
             Some(bytes) => {
@@ -116,12 +115,7 @@ impl<D: GroupStore + Clone> Controller<D> {
     /// what it holds.
     pub fn reload(&mut self, meta: &SnapshotMeta) -> Result<(), SnapshotError> {
         let loaded = Controller::load(self.data.clone(), self.shards, &meta.membership)?;
-        if loaded.applied.index != meta.index {
-            return Err(corrupt(format!(
-                "installed snapshot {} left applied index {}",
-                meta.index, loaded.applied.index
-            )));
-        }
+        check_reloaded(&loaded.applied, meta)?;
         *self = loaded;
         Ok(())
     }
@@ -308,24 +302,18 @@ impl<D: GroupStore> StateMachine for Controller<D> {
     }
 
     fn apply(&mut self, entries: &[Entry]) -> Result<Vec<(Index, ControllerReply)>, String> {
-        let Some(last) = entries.last() else {
+        if entries.is_empty() {
             return Ok(Vec::new());
-        };
-        let mut next = self.applied.clone();
+        }
         let mut ops = Vec::new();
         let mut replies = Vec::new();
         for entry in entries {
-            match &entry.payload {
-                EntryPayload::Normal(bytes) => {
-                    let reply = self.apply_command(entry.index, bytes, &mut ops);
-                    replies.push((entry.index, reply));
-                }
-                EntryPayload::Membership(m) => next.membership = m.clone(),
-                EntryPayload::Blank => {}
+            if let EntryPayload::Normal(bytes) = &entry.payload {
+                let reply = self.apply_command(entry.index, bytes, &mut ops);
+                replies.push((entry.index, reply));
             }
         }
-        next.index = last.index;
-        next.term = last.term;
+        let next = applied_after(&self.applied, entries);
         self.data
             .apply_unsynced(&next, ops)
             .map_err(|e| e.to_string())?;

@@ -146,19 +146,14 @@ impl SimClient {
     pub(crate) fn start_append(&mut self, key: String, now: u64, history: &mut Vec<Event>) {
         self.next_token += 1;
         let token = format!("[{}.{}]", self.index, self.next_token);
-        history.push(Event {
-            key: key.clone(),
-            op: Op::Append(token.clone()),
-            call: now,
-            ret: None,
-        });
+        let event = record_call(history, &key, Op::Append(token.clone()), now);
         let seq = self.next_seq;
         self.next_seq += 1;
         self.work = Some(Work::Append {
             key,
             token,
             seq,
-            event: history.len() - 1,
+            event,
         });
         self.attempt = None;
     }
@@ -171,16 +166,11 @@ impl SimClient {
         now: u64,
         history: &mut Vec<Event>,
     ) {
-        history.push(Event {
-            key: key.clone(),
-            op: Op::Get(None),
-            call: now,
-            ret: None,
-        });
+        let event = record_call(history, &key, Op::Get(None), now);
         self.work = Some(Work::Read {
             key,
             consistency,
-            event: history.len() - 1,
+            event,
         });
         self.attempt = None;
     }
@@ -376,4 +366,16 @@ impl SimClient {
             }
         }
     }
+}
+
+/// Records the call of `op` on `key` at tick `now` in `history`, not yet
+/// returned; its position, where the return is filled in.
+fn record_call(history: &mut Vec<Event>, key: &str, op: Op, now: u64) -> usize {
+    history.push(Event {
+        key: key.to_string(),
+        op,
+        call: now,
+        ret: None,
+    });
+    history.len() - 1
 }
